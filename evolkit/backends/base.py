@@ -1,0 +1,146 @@
+"""The one interface every model backend implements.
+
+Chat messages go in; ``n`` completions come out, each with text, finish_reason and token usage. A backend streams results
+as they finish (no batch barrier), and a request that fails for good becomes a :class:`Result` with ``error`` set: it never
+nulls or stalls its neighbours. Caching, retries and accounting live in the backends, never in the stages.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+Messages = list[dict[str, str]]
+
+
+@dataclass(frozen=True)
+class Sampling:
+    temperature: float = 0.7
+    top_p: float = 1.0
+    max_tokens: int = 512
+    n: int = 1
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["stop"] = list(self.stop)
+        return d
+
+
+@dataclass
+class Request:
+    """One chat request. ``sample_offset`` tells which samples of this prompt these are (0 for the first n)."""
+
+    messages: Messages
+    sampling: Sampling = field(default_factory=Sampling)
+    sample_offset: int = 0
+    #: What the request is for (``solve``, ``evolve:simplify``, ``judge:irm`` ...): metadata that real backends ignore,
+    #: used for accounting and by the deterministic test backend.
+    task: str = ""
+    #: Free metadata (e.g. the bare question) for the same readers; never sent to a model, not part of the cache key.
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def cache_key(self, model: str) -> str:
+        payload = json.dumps(
+            [model, self.messages, self.sampling.as_dict(), self.sample_offset], sort_keys=True, ensure_ascii=False
+        )
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+@dataclass
+class Result:
+    completions: list[Completion] = field(default_factory=list)
+    error: str | None = None
+    cached: bool = False
+    attempts: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_json(self) -> str:
+        return json.dumps({"completions": [asdict(c) for c in self.completions], "error": self.error})
+
+    @classmethod
+    def from_json(cls, s: str) -> Result:
+        d = json.loads(s)
+        return cls([Completion(**c) for c in d["completions"]], d.get("error"), cached=True, attempts=0)
+
+
+@dataclass
+class Stats:
+    requests: int = 0
+    cached: int = 0
+    failed: int = 0
+    retries: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+    def add(self, r: Result) -> None:
+        self.requests += 1
+        if r.cached:
+            self.cached += 1
+        if r.error:
+            self.failed += 1
+        self.retries += max(0, r.attempts - 1)
+        for c in r.completions:
+            self.prompt_tokens += c.prompt_tokens if not r.cached else 0
+            self.completion_tokens += c.completion_tokens if not r.cached else 0
+
+
+class Backend(abc.ABC):
+    """Subclasses implement :meth:`stream`; :meth:`generate` and :meth:`run` are conveniences over it."""
+
+    model: str = ""
+
+    def __init__(self) -> None:
+        self.stats = Stats()
+
+    @abc.abstractmethod
+    def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
+        """Yield ``(index into requests, result)`` as each request finishes, in completion order."""
+
+    async def generate(self, requests: Sequence[Request]) -> list[Result]:
+        out: list[Result | None] = [None] * len(requests)
+        async for i, r in self.stream(requests):
+            out[i] = r
+        return [r if r is not None else Result(error="lost") for r in out]
+
+    def run(self, requests: Sequence[Request]) -> list[Result]:
+        """Synchronous helper (not for use inside a running event loop)."""
+        return asyncio.run(self.generate(list(requests)))
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into records and cards about this backend (never secrets)."""
+        return {"backend": type(self).__name__, "model": self.model}
+
+    async def aclose(self) -> None:  # pragma: no cover - default no-op
+        return None
+
+    def close(self) -> None:
+        pass
+
+
+def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
+    buf: list[Any] = []
+    for it in items:
+        buf.append(it)
+        if len(buf) >= size:
+            yield buf
+            buf = []
+    if buf:
+        yield buf

@@ -1,0 +1,246 @@
+"""OpenAI-compatible chat backend (OpenAI, ``vllm serve``, llama.cpp's server, TGI ...).
+
+* bounded concurrency: a fixed pool of workers pulls requests one by one, so a finished request frees its slot at once
+  (no batch barrier) and memory stays flat in the number of requests;
+* per-request retries with exponential backoff and full jitter on 429 / 5xx / timeouts / connection errors / malformed
+  responses, honouring ``Retry-After``;
+* optional requests-per-minute and tokens-per-minute limits;
+* several base URLs: each request goes to the healthy endpoint with the fewest requests in flight; an endpoint that keeps
+  failing is drained for a cool-down while its requests are retried elsewhere.
+
+A request that still fails after its retries becomes ``Result(error=...)`` for that item alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .base import Backend, Completion, Request, Result
+
+
+class _Bucket:
+    """A token bucket refilled continuously: ``rate`` units per minute."""
+
+    def __init__(self, per_minute: float):
+        self.rate = per_minute / 60.0
+        self.capacity = per_minute
+        self.level = per_minute
+        self.t = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def take(self, amount: float) -> None:
+        amount = min(amount, self.capacity)
+        async with self.lock:
+            while True:
+                now = time.monotonic()
+                self.level = min(self.capacity, self.level + (now - self.t) * self.rate)
+                self.t = now
+                if self.level >= amount:
+                    self.level -= amount
+                    return
+                await asyncio.sleep((amount - self.level) / self.rate)
+
+
+@dataclass
+class _Endpoint:
+    url: str
+    client: Any
+    in_flight: int = 0
+    consecutive_failures: int = 0
+    down_until: float = 0.0
+
+
+class _Retryable(Exception):
+    def __init__(self, reason: str, retry_after: float | None = None, endpoint_fault: bool = False):
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+        self.endpoint_fault = endpoint_fault
+
+
+class OpenAIBackend(Backend):
+    def __init__(
+        self,
+        model: str,
+        base_url: str | Sequence[str] | None = None,
+        api_key: str | None = None,
+        api_key_env: str = "OPENAI_API_KEY",
+        max_concurrency: int = 128,
+        max_retries: int = 6,
+        request_timeout: float = 600.0,
+        backoff_base: float = 0.5,
+        backoff_max: float = 30.0,
+        rpm: float | None = None,
+        tpm: float | None = None,
+        extra_body: dict[str, Any] | None = None,
+        drain_after_failures: int = 5,
+        drain_seconds: float = 30.0,
+    ):
+        super().__init__()
+        import httpx
+        from openai import AsyncOpenAI
+
+        self.model = model
+        urls = [base_url] if isinstance(base_url, str) or base_url is None else list(base_url)
+        key = api_key or os.environ.get(api_key_env) or "EMPTY"
+        self.max_concurrency = max(1, int(max_concurrency))
+        self.max_retries = max_retries
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.extra_body = extra_body or {}
+        self.drain_after_failures = drain_after_failures
+        self.drain_seconds = drain_seconds
+        self._rpm = _Bucket(rpm) if rpm else None
+        self._tpm = _Bucket(tpm) if tpm else None
+        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        self.endpoints = [
+            _Endpoint(
+                url or "https://api.openai.com/v1",
+                AsyncOpenAI(
+                    base_url=url,
+                    api_key=key,
+                    max_retries=0,
+                    timeout=request_timeout,
+                    http_client=httpx.AsyncClient(limits=limits, timeout=request_timeout),
+                ),
+            )
+            for url in urls
+        ]
+
+    # -- endpoint choice -------------------------------------------------------------------------------------------
+    def _pick(self) -> _Endpoint:
+        now = time.monotonic()
+        healthy = [e for e in self.endpoints if e.down_until <= now] or self.endpoints
+        return min(healthy, key=lambda e: e.in_flight)
+
+    def _mark(self, ep: _Endpoint, ok: bool) -> None:
+        if ok:
+            ep.consecutive_failures = 0
+            return
+        ep.consecutive_failures += 1
+        if len(self.endpoints) > 1 and ep.consecutive_failures >= self.drain_after_failures:
+            ep.down_until = time.monotonic() + self.drain_seconds
+            ep.consecutive_failures = 0
+
+    # -- one request -----------------------------------------------------------------------------------------------
+    async def _call(self, ep: _Endpoint, req: Request) -> list[Completion]:
+        import openai
+
+        s = req.sampling
+        kwargs: dict[str, Any] = dict(
+            model=self.model, messages=req.messages, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens
+        )
+        if s.n != 1:
+            kwargs["n"] = s.n
+        if s.stop:
+            kwargs["stop"] = list(s.stop)
+        if s.seed is not None:
+            kwargs["seed"] = s.seed + req.sample_offset
+        if self.extra_body:
+            kwargs["extra_body"] = self.extra_body
+        try:
+            resp = await ep.client.chat.completions.create(**kwargs)
+        except openai.APIStatusError as e:
+            code = e.status_code
+            if code == 429 or code >= 500 or code == 408:
+                ra = e.response.headers.get("retry-after") if e.response is not None else None
+                try:
+                    retry_after = float(ra) if ra is not None else None
+                except ValueError:
+                    retry_after = None
+                raise _Retryable(f"http {code}", retry_after, endpoint_fault=code >= 500) from e
+            raise  # 4xx other than 408/429: the request itself is wrong; retrying will not help
+        except openai.APITimeoutError as e:
+            raise _Retryable("timeout", endpoint_fault=True) from e
+        except openai.APIConnectionError as e:
+            raise _Retryable("connection error", endpoint_fault=True) from e
+        except (ValueError, openai.APIResponseValidationError) as e:  # malformed JSON body
+            raise _Retryable(f"malformed response: {type(e).__name__}") from e
+        try:
+            choices = sorted(resp.choices, key=lambda c: c.index)
+            usage = resp.usage
+            pt = usage.prompt_tokens if usage else 0
+            ct = usage.completion_tokens if usage else 0
+            out = [
+                Completion(
+                    c.message.content or "",
+                    c.finish_reason,
+                    pt if i == 0 else 0,
+                    (ct // max(1, len(choices))) if ct else 0,
+                )
+                for i, c in enumerate(choices)
+            ]
+        except (AttributeError, TypeError) as e:
+            raise _Retryable(f"malformed response: {e}") from e
+        if len(out) < s.n:
+            raise _Retryable(f"malformed response: {len(out)} of {s.n} choices")
+        return out
+
+    async def _one(self, req: Request) -> Result:
+        est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
+        last = "unknown"
+        for attempt in range(1, self.max_retries + 2):
+            if self._rpm:
+                await self._rpm.take(1)
+            if self._tpm:
+                await self._tpm.take(est_tokens)
+            ep = self._pick()
+            ep.in_flight += 1
+            try:
+                comps = await self._call(ep, req)
+                self._mark(ep, True)
+                return Result(comps, attempts=attempt)
+            except _Retryable as e:
+                last = e.reason
+                self._mark(ep, not e.endpoint_fault)
+                if attempt > self.max_retries:
+                    break
+                delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
+                if e.retry_after is not None:
+                    delay = max(delay, min(e.retry_after, self.backoff_max * 4))
+                await asyncio.sleep(delay)
+            except Exception as e:  # a non-retryable error of this request alone
+                return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=attempt)
+            finally:
+                ep.in_flight -= 1
+        return Result(error=f"gave up after {self.max_retries + 1} attempts: {last}", attempts=self.max_retries + 1)
+
+    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
+        n = len(requests)
+        if n == 0:
+            return
+        queue: asyncio.Queue[tuple[int, Result]] = asyncio.Queue()
+        it = iter(range(n))
+
+        async def worker() -> None:
+            for i in it:  # shared iterator: each worker takes the next index when it is free
+                try:
+                    res = await self._one(requests[i])
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:  # never lose an item
+                    res = Result(error=f"{type(e).__name__}: {e}")
+                self.stats.add(res)
+                queue.put_nowait((i, res))
+
+        workers = [asyncio.create_task(worker()) for _ in range(min(self.max_concurrency, n))]
+        try:
+            for _ in range(n):
+                yield await queue.get()
+        finally:
+            for w in workers:
+                w.cancel()
+            await asyncio.gather(*workers, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": "openai", "model": self.model, "endpoints": len(self.endpoints)}
+
+    async def aclose(self) -> None:
+        for ep in self.endpoints:
+            await ep.client.close()

@@ -1,0 +1,201 @@
+"""The ``evolkit`` command line: one command per stage plus ``run CONFIG.yaml``. No logic of its own."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .errors import EvolkitError
+
+RECIPES = Path(__file__).resolve().parent / "recipes"
+
+#: Modules that add their own sub-commands (``add_commands(subparsers)``): publishing, review, evaluation ...
+COMMAND_MODULES: list[str] = []
+
+DESCRIPTION = """\
+evolkit turns a few thousand math word problems into a large, verified training corpus (the WizardMath RLEIF recipe):
+
+  seeds -> sft (teacher solves, answers verified) -> evolve (upward/downward Evol-Instruct rounds)
+        -> irm / prm (judge rankings and step labels) -> review (Argilla) -> publish (Hub) -> trainers/
+
+Every stage reads and writes one run folder (runs/<name>/ by default), so any stage can be resumed, re-run or inspected.
+Start with `evolkit run` (the embedded default: a small sample, the SmolLM2-135M model on CPU), then write your own
+config (see `evolkit recipes`).
+"""
+
+
+def _add_run_args(p: argparse.ArgumentParser, config_required: bool = False) -> None:
+    p.add_argument("config", nargs=None if config_required else "?", help="YAML config (default: the embedded default recipe)")
+    p.add_argument("-o", "--output-dir", help="run folder (default: the config's output_dir or runs/<name>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in an existing run folder")
+    p.add_argument("--force", action="store_true", help="re-run stages already marked done")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set seeds.0.n=50 --set backend.kind=openai (YAML values)")
+    p.add_argument("--no-progress", action="store_true", help="no progress lines")
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    import yaml
+
+    out = {}
+    for item in pairs:
+        if "=" not in item:
+            raise EvolkitError(f"--set {item!r}: expected KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _apply_list_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    for dotted, value in overrides.items():
+        cur: Any = data
+        keys = dotted.split(".")
+        for k in keys[:-1]:
+            cur = cur[int(k)] if isinstance(cur, list) else cur.setdefault(k, {})
+        last = keys[-1]
+        if isinstance(cur, list):
+            cur[int(last)] = value
+        else:
+            cur[last] = value
+    return data
+
+
+def load_run_config(args: argparse.Namespace) -> Any:
+    import yaml
+
+    from .config import RunConfig, _format_validation, load_config
+    from pydantic import ValidationError
+
+    overrides = _overrides(getattr(args, "set", []))
+    if getattr(args, "resume", False) and not args.config and args.output_dir:
+        cfg_path = Path(args.output_dir) / "config.yaml"
+        if not cfg_path.exists():
+            raise EvolkitError(f"{args.output_dir}: no config.yaml: not a run folder")
+        data = yaml.safe_load(cfg_path.read_text())
+    else:
+        path = Path(args.config) if args.config else RECIPES / "default.yaml"
+        if not overrides:
+            cfg = load_config(path)
+            return cfg
+        cfg0 = load_config(path)
+        data = cfg0.public_dict()
+    data = _apply_list_overrides(data, overrides)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise EvolkitError(_format_validation(e, "--set")) from None
+
+
+def _check_run_dir(cfg: Any, args: argparse.Namespace) -> Path:
+    run_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir
+    manifest = run_dir / "manifest.json"
+    if manifest.exists() and not (args.resume or args.force):
+        raise EvolkitError(
+            f"{run_dir} already holds a run. Use --resume to continue it, --force to redo its stages, "
+            f"or -o to choose another folder."
+        )
+    return run_dir
+
+
+def print_summary(results: dict[str, Any], seconds: float) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(stderr=False)
+    table = Table(title="evolkit run summary")
+    table.add_column("stage")
+    table.add_column("result")
+    for stage, s in results.items():
+        if stage.startswith("_"):
+            continue
+        keep = {k: v for k, v in (s or {}).items() if not isinstance(v, (list,)) and k != "plots"}
+        table.add_row(stage, json.dumps(keep, ensure_ascii=False)[:600])
+    console.print(table)
+    for role, st in results.get("_backend", {}).items():
+        console.print(
+            f"backend {role}: {st['requests']} requests ({st['cached']} from cache, {st['failed']} failed, "
+            f"{st['retries']} retries), tokens {st['prompt_tokens']} prompt / {st['completion_tokens']} completion"
+        )
+    console.print(f"time: {seconds:.1f} s; outputs in {results.get('_run_dir')}")
+
+
+def cmd_run(args: argparse.Namespace, stages: list[str] | None = None) -> int:
+    from .pipeline import run_all
+
+    cfg = load_run_config(args)
+    run_dir = _check_run_dir(cfg, args)
+    if stages:
+        for s in stages:
+            if s not in cfg.stages and s != "seeds":
+                from .stages import STAGE_CONFIGS
+
+                cfg.stages[s] = STAGE_CONFIGS[s]()
+    t0 = time.time()
+    results = run_all(cfg, run_dir, force=args.force, stages=stages, show_progress=not args.no_progress)
+    print_summary(results, time.time() - t0)
+    return 0
+
+
+def cmd_recipes(args: argparse.Namespace) -> int:
+    for p in sorted(RECIPES.glob("*.yaml")):
+        first = p.read_text().splitlines()[0].lstrip("# ").strip()
+        print(f"{p}\n    {first}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .stages import STAGE_CONFIGS
+
+    parser = argparse.ArgumentParser(prog="evolkit", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run every stage a config names (default: the embedded default recipe)")
+    _add_run_args(p)
+    p.set_defaults(func=cmd_run)
+
+    for name, model in STAGE_CONFIGS.items():
+        doc = (sys.modules[model.__module__].__doc__ or name).strip().splitlines()[0]
+        p = sub.add_parser(name, help=f"run only the {name} stage: {doc}")
+        _add_run_args(p)
+        p.set_defaults(func=lambda a, _n=name: cmd_run(a, stages=[_n]))
+
+    p = sub.add_parser("recipes", help="list the packaged example configs")
+    p.set_defaults(func=cmd_recipes)
+
+    import importlib
+
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "openai", "urllib3", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except EvolkitError as e:
+        print(f"evolkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("evolkit: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # pragma: no cover
+        os._exit(1)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
