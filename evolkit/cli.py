@@ -73,17 +73,14 @@ def load_run_config(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     overrides = _overrides(getattr(args, "set", []))
-    if getattr(args, "resume", False) and not args.config and args.output_dir:
-        cfg_path = Path(args.output_dir) / "config.yaml"
-        if not cfg_path.exists():
-            raise EvolkitError(f"{args.output_dir}: no config.yaml: not a run folder")
-        data = yaml.safe_load(cfg_path.read_text())
+    saved = Path(args.output_dir) / "config.yaml" if getattr(args, "output_dir", None) else None
+    if not args.config and getattr(args, "resume", False) and saved is not None and saved.exists():
+        data = yaml.safe_load(saved.read_text())  # resuming: the run's own resolved config
     else:
         path = Path(args.config) if args.config else RECIPES / "default.yaml"
-        if not overrides:
-            cfg = load_config(path)
-            return cfg
         cfg0 = load_config(path)
+        if not overrides:
+            return cfg0
         data = cfg0.public_dict()
     data = _apply_list_overrides(data, overrides)
     try:

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import importlib.util
 import os
+import shutil
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,9 @@ def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None
     """Load a causal LM + tokenizer; GGUF files are converted once to a cached safetensors copy."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path, gguf = resolve_model_path(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if gguf:
@@ -65,10 +68,23 @@ def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None
         else:
             tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
             mdl = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
-            tmp = cached.with_name(cached.name + ".tmp")
+            # A GGUF-loaded model refuses save_pretrained; copy its de-quantized weights into a plain model instead.
+            config = mdl.config
+            if hasattr(config, "quantization_config"):
+                del config.quantization_config
+            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+            plain.load_state_dict(mdl.state_dict(), strict=False)
+            plain.tie_weights()
+            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
             tok.save_pretrained(tmp)
-            mdl.save_pretrained(tmp)
-            tmp.rename(cached)
+            plain.save_pretrained(tmp)
+            if getattr(mdl, "generation_config", None) is not None:
+                mdl.generation_config.save_pretrained(tmp)
+            try:
+                tmp.rename(cached)
+            except OSError:  # another process converted it first
+                shutil.rmtree(tmp, ignore_errors=True)
+            del mdl, plain
             path, gguf = str(cached), None
     torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     if torch_dtype is None:
@@ -104,8 +120,11 @@ class TransformersBackend(Backend):
 
         mdl, tok = self._load()
         s = reqs[0].sampling
-        texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(mdl.device)
+        if reqs[0].raw:  # plain-text prompt: tokenized as is, with the tokenizer's own special tokens (BOS)
+            texts = [r.prompt_text() for r in reqs]
+        else:
+            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
+        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].raw).to(mdl.device)
         do_sample = s.temperature > 0
         gen_kwargs: dict[str, Any] = dict(
             max_new_tokens=s.max_tokens,
@@ -148,10 +167,10 @@ class TransformersBackend(Backend):
         return results
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
-        # Group by sampling parameters (one generate call needs one setting), keep order within groups.
+        # Group by sampling parameters and prompt kind (one generate call needs one setting), keep order within groups.
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault(r.sampling, []).append(i)
+            groups.setdefault((r.sampling, r.raw), []).append(i)
         loop = asyncio.get_running_loop()
         for idxs in groups.values():
             for k in range(0, len(idxs), self.batch_size):
