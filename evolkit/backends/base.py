@@ -45,11 +45,20 @@ class Request:
     task: str = ""
     #: Free metadata (e.g. the bare question) for the same readers; never sent to a model, not part of the cache key.
     meta: dict[str, Any] = field(default_factory=dict)
+    #: Raw completion: send :meth:`prompt_text` as plain text, without a chat template (base-model prompts such as the
+    #: WizardMath Alpaca template or few-shot ``Q: ... A:`` prompts). transformers/vllm tokenize the text as is (with
+    #: the tokenizer's BOS), the OpenAI backend calls ``/v1/completions``.
+    raw: bool = False
+
+    def prompt_text(self) -> str:
+        """The plain-text prompt of a raw request: the messages' contents, concatenated (normally there is one)."""
+        return "".join(m.get("content", "") for m in self.messages)
 
     def cache_key(self, model: str) -> str:
-        payload = json.dumps(
-            [model, self.messages, self.sampling.as_dict(), self.sample_offset], sort_keys=True, ensure_ascii=False
-        )
+        parts: list[Any] = [model, self.messages, self.sampling.as_dict(), self.sample_offset]
+        if self.raw:  # only when set, so chat requests keep the keys they always had
+            parts.append("raw")
+        payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()
 
 

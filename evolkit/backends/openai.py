@@ -133,9 +133,11 @@ class OpenAIBackend(Backend):
         import openai
 
         s = req.sampling
-        kwargs: dict[str, Any] = dict(
-            model=self.model, messages=req.messages, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens
-        )
+        kwargs: dict[str, Any] = dict(model=self.model, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+        if req.raw:  # plain-text prompt: the legacy completions endpoint (vllm serve, llama.cpp, TGI all serve it)
+            kwargs["prompt"] = req.prompt_text()
+        else:
+            kwargs["messages"] = req.messages
         if s.n != 1:
             kwargs["n"] = s.n
         if s.stop:
@@ -145,7 +147,10 @@ class OpenAIBackend(Backend):
         if self.extra_body:
             kwargs["extra_body"] = self.extra_body
         try:
-            resp = await ep.client.chat.completions.create(**kwargs)
+            if req.raw:
+                resp = await ep.client.completions.create(**kwargs)
+            else:
+                resp = await ep.client.chat.completions.create(**kwargs)
         except openai.APIStatusError as e:
             code = e.status_code
             if code == 429 or code >= 500 or code == 408:
@@ -169,7 +174,7 @@ class OpenAIBackend(Backend):
             ct = usage.completion_tokens if usage else 0
             out = [
                 Completion(
-                    c.message.content or "",
+                    (c.text if req.raw else c.message.content) or "",
                     c.finish_reason,
                     pt if i == 0 else 0,
                     (ct // max(1, len(choices))) if ct else 0,

@@ -42,7 +42,10 @@ class VLLMBackend(Backend):
             stop=list(s.stop) or None,
             seed=None if s.seed is None else s.seed + reqs[0].sample_offset,
         )
-        outs = self._engine().chat([r.messages for r in reqs], sampling_params=params, use_tqdm=False)
+        if reqs[0].raw:  # plain-text prompts, no chat template
+            outs = self._engine().generate([r.prompt_text() for r in reqs], sampling_params=params, use_tqdm=False)
+        else:
+            outs = self._engine().chat([r.messages for r in reqs], sampling_params=params, use_tqdm=False)
         results = []
         for o in outs:
             pt = len(o.prompt_token_ids or [])
@@ -56,7 +59,7 @@ class VLLMBackend(Backend):
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
-            groups.setdefault((r.sampling, r.sample_offset), []).append(i)
+            groups.setdefault((r.sampling, r.sample_offset, r.raw), []).append(i)
         loop = asyncio.get_running_loop()
         for idxs in groups.values():
             for k in range(0, len(idxs), self.chunk_size):
