@@ -37,6 +37,7 @@ class BackendConfig(_Model):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine_kwargs: dict[str, Any] = {}
     accuracy: float = Field(0.7, ge=0, le=1, description="deterministic backend only: share of correct answers")
+    delay_s: float = Field(0.0, ge=0, description="deterministic backend only: seconds per request (kill/resume tests)")
     cache: bool = True
 
     @model_validator(mode="before")

@@ -91,9 +91,12 @@ class EvolExample(Record):
     round: int
     operation: str
     direction: Literal["upward", "downward"]
-    model: str | None = None
+    model: str | None = Field(None, description="Evolver model")
     source: str = "evol"
     flagged: bool = False
+    sampling: dict[str, Any] = Field({}, description="Sampling parameters of the evolver")
+    answer_model: str | None = Field(None, description="Teacher model that produced the solutions")
+    answers: list[str | None] = Field([], description="Final answer extracted from each solution (None: none found)")
 
 
 class RankedVariant(Record):

@@ -43,7 +43,8 @@ def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Ba
         from .deterministic import DeterministicBackend
 
         be = DeterministicBackend(
-            "deterministic" if cfg.model == "smollm2-135m-instruct" else cfg.model, accuracy=cfg.accuracy
+            "deterministic" if cfg.model == "smollm2-135m-instruct" else cfg.model, accuracy=cfg.accuracy,
+            delay=cfg.delay_s,
         )
     else:  # pragma: no cover - the config validates kind
         raise ValueError(f"unknown backend kind {kind!r}")

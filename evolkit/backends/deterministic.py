@@ -9,6 +9,7 @@ their paths (verified and dropped answers, agreement below threshold, parse fail
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import re
@@ -41,12 +42,15 @@ class DeterministicBackend(Backend):
         accuracy: float = 0.7,
         noise: float = 0.15,
         responders: dict[str, Callable[[Request, int], str]] | None = None,
+        delay: float = 0.0,
     ):
         super().__init__()
         self.model = model
         self.accuracy = accuracy
         self.noise = noise
         self.responders = dict(responders or {})
+        #: Seconds to wait per request (lets tests kill a run mid-stage).
+        self.delay = delay
 
     # -- task responders -------------------------------------------------------------------------------------------
     def _solve(self, req: Request, k: int) -> str:
@@ -131,6 +135,8 @@ class DeterministicBackend(Backend):
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
         for i, req in enumerate(requests):
+            if self.delay:
+                await asyncio.sleep(self.delay)
             comps = []
             for j in range(req.sampling.n):
                 text = self.respond(req, req.sample_offset + j)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from . import sft
+from . import evolve, sft
 
 #: Stage name -> its config model, in the order stages run.
 STAGE_CONFIGS: dict[str, type[BaseModel]] = {
     "sft": sft.Config,
+    "evolve": evolve.Config,
 }

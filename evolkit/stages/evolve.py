@@ -1,0 +1,846 @@
+"""Math Evol-Instruct (WizardMath step 2): grow the seeds in rounds of upward and downward evolution.
+
+Each round takes a pool of parents (the previous round's survivors, the seeds, or everything so far), asks the evolver
+model to rewrite each chosen parent with an operation (a prompt file: upward ``add_constraints``, ``concretize``,
+``increase_reasoning``; downward ``simplify``, ``new_easier``; users add or override operations), and keeps a child only
+when it passes every check, in this order (each elimination is counted by reason, see :mod:`evolkit.filters`):
+
+1. text rules: request failed, empty, refusal, leftover prompt artifact, length out of bounds, no information gain
+   (same or near-identical text as the parent);
+2. decontamination against benchmark test problems (exact, shared 13-grams, MinHash near-duplicates);
+3. dedup over the whole pool across rounds (exact normalised text, MinHash LSH near-duplicates; the earlier item wins);
+4. optionally an LLM check that the rewrite is a real new problem (``elimination.llm_check``);
+5. answers: the teacher solves the child ``k`` times; the majority answer (clustered with the answer checker, not as
+   strings) is the pseudo-gold and its share the agreement; a child whose samples hold no final answer is dropped
+   (``no_answer``), one below ``min_agreement`` is dropped or flagged (``low_agreement``).
+
+Growth schedule
+---------------
+"Growth" is the pool (seeds + every evolved problem kept) divided by the number of seeds ``S``. A round's planned size is
+``children_per_parent x`` the planned size of its pool (``seeds``: S; ``previous``: the previous round's plan, S for
+round 1; ``all``: S + all earlier plans). The default schedule is two waves of four rounds::
+
+    round  pool      children/parent  planned kept   planned pool
+      1    seeds         0.675          0.675 S         1.675 S
+      2    previous      1.0            0.675 S         2.350 S
+      3    previous      1.0            0.675 S         3.025 S
+      4    previous      1.0            0.675 S         3.700 S
+      5    seeds         0.675          0.675 S         4.375 S
+      6    previous      1.0            0.675 S         5.050 S
+      7    previous      1.0            0.675 S         5.725 S
+      8    previous      1.0            0.675 S         6.400 S
+
+so 8 x 0.675 S = 5.4 S evolved problems are kept and the pool grows 6.4x (WizardMath: 15k seeds -> 96k). Two waves keep
+lineages at most four evolutions deep, and every round mixes upward (75%) and downward (25%) operations.
+
+Each round aims at its planned size *after* elimination: it asks for ``planned / s`` children, ``s`` being the expected
+survival rate (``expected_survival`` at first, then the share that survived in earlier rounds), spread over the actual
+parents (the fractional part of children-per-parent is drawn with the seeded RNG), and when the survivors fall short of
+the plan by more than ``topup_tolerance`` it runs up to ``max_topups`` extra passes for the difference. The summary, the
+terminal table and ``evolve/growth.png`` report planned and achieved sizes per round.
+
+Resume: every evolution, check and solution is appended to shards as it arrives (``evolve/roundNN_*``), keyed by a
+deterministic child id (round, parent id, operation, child index). The plan of each round and pass is drawn from an RNG
+seeded with (seed, round, pass) and from results that are themselves deterministic, so a killed run re-plans exactly the
+same children, sends only the missing requests and ends with the same pool as an uninterrupted run.
+
+Outputs (``evolve/``): ``problems`` (evolved :class:`~evolkit.records.Problem` rows with lineage and pseudo-gold),
+``evol`` (:class:`~evolkit.records.EvolExample`), ``solutions`` (every sample of the kept problems, verdict against the
+pseudo-gold), ``sft`` (the seed SFT data from the ``sft`` stage plus the evolved problems' agreeing solutions),
+``eliminated`` (every child that was dropped, with reason, detail and the matching item), ``summary.json``,
+``growth.png`` and ``difficulty.png``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .. import filters, prompts
+from ..answers import extract_answer, majority_answer, split_steps
+from ..backends import Request
+from ..errors import ConfigError
+from ..progress import Progress
+from ..records import EvolExample, Problem, SFTExample
+from ..seeds import expand_path
+from . import sft as sft_stage
+
+STAGE = "evolve"
+log = logging.getLogger("evolkit.evolve")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Config
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class OperationConfig(BaseModel):
+    """An evolution operation: its prompt file (name in evolkit/prompts or a path) and its direction."""
+
+    model_config = ConfigDict(extra="forbid")
+    prompt: str | None = None
+    direction: Literal["upward", "downward"] | None = None
+
+
+BUILTIN_OPERATIONS: dict[str, OperationConfig] = {
+    "add_constraints": OperationConfig(prompt="evolve_add_constraints", direction="upward"),
+    "concretize": OperationConfig(prompt="evolve_concretize", direction="upward"),
+    "increase_reasoning": OperationConfig(prompt="evolve_increase_reasoning", direction="upward"),
+    "simplify": OperationConfig(prompt="evolve_simplify", direction="downward"),
+    "new_easier": OperationConfig(prompt="evolve_new_easier", direction="downward"),
+}
+
+#: Upward 75%, downward 25%.
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "add_constraints": 1.0, "concretize": 1.0, "increase_reasoning": 1.0, "simplify": 0.5, "new_easier": 0.5,
+}
+
+
+class RoundConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: Which problems are evolved: the previous round's survivors (the seeds in round 1), the seeds, or the whole pool.
+    pool: Literal["previous", "seeds", "all"] = "previous"
+    #: Operation name -> relative weight.
+    operations: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
+    #: Kept children per parent that the plan aims at (fractions allowed).
+    children_per_parent: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _weights(self) -> RoundConfig:
+        if not self.operations or any(w < 0 for w in self.operations.values()) or sum(self.operations.values()) <= 0:
+            raise ValueError("operations: give at least one operation with a positive weight (no negative weights)")
+        return self
+
+
+def default_schedule() -> list[RoundConfig]:
+    """Two waves of four rounds reaching 6.4x growth (see the module docstring for the arithmetic)."""
+    out = []
+    for r in range(1, 9):
+        wave_start = r in (1, 5)
+        out.append(RoundConfig(pool="seeds" if wave_start else "previous",
+                               children_per_parent=0.675 if wave_start else 1.0))
+    return out
+
+
+class EliminationConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: Regular expressions (case-insensitive) of leftover prompt text; a match eliminates the child.
+    artifacts: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_ARTIFACTS))
+    refusals: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_REFUSALS))
+    min_chars: int = Field(20, ge=0)
+    max_chars: int = Field(4000, gt=0)
+    #: Word-3-gram Jaccard similarity to the parent at or above which a child brings no information gain.
+    parent_similarity: float = Field(0.9, gt=0, le=1)
+    #: Also ask the main model whether each child is a real new problem (one short request per surviving child).
+    llm_check: bool = False
+    llm_check_prompt: str = "check_info_gain"
+
+
+class DedupConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    #: MinHash-estimated Jaccard similarity (word 3-grams) at or above which two problems are near-duplicates;
+    #: null turns near-dedup off (exact dedup on normalised text always runs).
+    near_threshold: float | None = Field(0.85, gt=0, le=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    shingle: int = Field(3, ge=1, le=10)
+
+
+class DecontamConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    #: Benchmark test files (.jsonl/.json/.parquet with a question/problem field); ``{data}`` = the shared data folder.
+    test_files: list[str] = Field(default_factory=lambda: [
+        "{data}/gsm8k/test.jsonl", "{data}/math/test.jsonl", "{data}/math/math500_test.jsonl",
+    ])
+    #: A missing test file is an error when true; otherwise it is skipped with a warning (and named in the summary).
+    required: bool = False
+    ngram: int = Field(13, ge=3)
+    #: Shared n-grams needed for a match.
+    min_shared: int = Field(1, ge=1)
+    #: Test problems shorter than ``ngram`` tokens match when contained whole, if at least this long.
+    min_tokens: int = Field(8, ge=1)
+    #: n-grams found in this many distinct test problems are boilerplate and ignored (0: keep all).
+    ignore_common: int = Field(3, ge=0)
+    near_threshold: float | None = Field(0.8, gt=0, le=1)
+    num_perm: int = Field(128, ge=16, le=1024)
+    #: Also count (not remove) the seeds that match a test problem.
+    check_seeds: bool = True
+
+
+class Config(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rounds: list[RoundConfig] = Field(default_factory=default_schedule)
+    #: Operation definitions: the built-ins plus any given here (a partial entry overrides a built-in's prompt only).
+    operations: dict[str, OperationConfig] = {}
+    system_prompt: str | None = "evolve_system"
+    #: Sampling of the evolver (merged over the run's sampling).
+    sampling: dict[str, Any] = {"temperature": 0.7}
+    #: Share of children written by the second evolver (``evolver_backend`` in the run config), when there is one.
+    evolver2_share: float = Field(0.5, ge=0, le=1)
+    #: Share of requested children expected to survive all checks (first round; later rounds use the observed share).
+    expected_survival: float = Field(0.85, gt=0, le=1)
+    adapt_survival: bool = True
+    max_topups: int = Field(2, ge=0)
+    topup_tolerance: float = Field(0.02, ge=0, le=1)
+    #: Upper bound on children requested per parent in one round (all passes together).
+    max_children_per_parent: float = Field(8.0, gt=0)
+    #: Teacher samples per evolved problem (majority vote).
+    k: int = Field(4, gt=0)
+    min_agreement: float = Field(0.5, ge=0, le=1)
+    low_agreement: Literal["drop", "flag"] = "drop"
+    #: Sampling of the answering teacher (merged over the sft stage's and the run's sampling).
+    answer_sampling: dict[str, Any] = {}
+    elimination: EliminationConfig = EliminationConfig()
+    dedup: DedupConfig = DedupConfig()
+    decontamination: DecontamConfig = DecontamConfig()
+    #: RNG seed of the plans (default: the run's seed).
+    seed: int | None = None
+    plots: bool = True
+
+    @model_validator(mode="after")
+    def _ops(self) -> Config:
+        merged: dict[str, OperationConfig] = {k: v.model_copy() for k, v in BUILTIN_OPERATIONS.items()}
+        for name, op in self.operations.items():
+            base = merged.get(name)
+            if base is None:
+                if not op.prompt or not op.direction:
+                    raise ValueError(f"operations.{name}: a new operation needs both prompt and direction")
+                merged[name] = op
+            else:
+                merged[name] = OperationConfig(prompt=op.prompt or base.prompt, direction=op.direction or base.direction)
+        self.operations = merged
+        for i, rc in enumerate(self.rounds):
+            unknown = sorted(set(rc.operations) - set(merged))
+            if unknown:
+                raise ValueError(f"rounds.{i}.operations: unknown operation(s) {', '.join(unknown)} "
+                                 f"(known: {', '.join(merged)})")
+        return self
+
+
+def planned_sizes(rounds: list[RoundConfig], n_seeds: int) -> list[float]:
+    """Planned kept problems per round (see the module docstring)."""
+    plan: list[float] = []
+    for r, rc in enumerate(rounds):
+        if rc.pool == "seeds":
+            base = float(n_seeds)
+        elif rc.pool == "previous":
+            base = plan[-1] if plan else float(n_seeds)
+        else:
+            base = n_seeds + sum(plan)
+        plan.append(rc.children_per_parent * base)
+    return plan
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Planning
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Child:
+    id: str
+    parent: Problem
+    op: str
+    index: int
+    round: int
+    pass_: int
+    role: str
+
+
+def child_id(round_: int, parent_id: str, op: str, index: int) -> str:
+    h = hashlib.blake2b(f"{round_}|{parent_id}|{op}|{index}".encode(), digest_size=8).hexdigest()
+    return f"evol-r{round_}-{h}"
+
+
+def plan_children(parents: list[Problem], n: int, weights: dict[str, float], rng: random.Random,
+                  counters: dict[str, int], round_: int, pass_: int, evolver2_share: float) -> list[Child]:
+    """``n`` children spread over ``parents`` (each gets n // P, a random n % P of them one more), operations drawn by
+    weight, the evolver drawn by share; child indices continue per parent across passes (``counters``)."""
+    if not parents or n <= 0:
+        return []
+    per, extra = divmod(n, len(parents))
+    bonus = set(rng.sample(range(len(parents)), extra)) if extra else set()
+    names = list(weights)
+    w = [weights[k] for k in names]
+    out = []
+    for i, p in enumerate(parents):
+        for _ in range(per + (i in bonus)):
+            op = rng.choices(names, w)[0]
+            role = "evolver2" if evolver2_share > 0 and rng.random() < evolver2_share else "main"
+            idx = counters.get(p.id, 0)
+            counters[p.id] = idx + 1
+            out.append(Child(child_id(round_, p.id, op, idx), p, op, idx, round_, pass_, role))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Kept:
+    problem: Problem
+    evol: EvolExample
+    solutions: list[dict[str, Any]]
+    steps: float | None
+    solution_chars: float | None
+
+
+@dataclass
+class RoundStats:
+    round: int
+    pool: str
+    parents: int = 0
+    planned: float = 0.0
+    requested: int = 0
+    passes: int = 0
+    kept: int = 0
+    flagged: int = 0
+    eliminated: dict[str, int] = field(default_factory=dict)
+    duplicates: dict[str, int] = field(default_factory=dict)
+    contaminated: dict[str, int] = field(default_factory=dict)
+
+    def count(self, d: dict[str, int], key: str) -> None:
+        d[key] = d.get(key, 0) + 1
+
+
+class Engine:
+    def __init__(self, ctx: Any, cfg: Config):
+        self.ctx = ctx
+        self.cfg = cfg
+        self.store = ctx.store
+        self.seed = cfg.seed if cfg.seed is not None else ctx.config.seed
+        self.has_evolver2 = ctx.config.evolver_backend is not None
+        self.eliminator = filters.Eliminator(
+            cfg.elimination.artifacts, cfg.elimination.refusals, cfg.elimination.min_chars, cfg.elimination.max_chars,
+            cfg.elimination.parent_similarity,
+        )
+        self.deduper = filters.Deduper(cfg.dedup.near_threshold, cfg.dedup.num_perm, cfg.dedup.shingle)
+        self.decontam: filters.Decontaminator | None = None
+        self.decontam_info: dict[str, Any] = {"enabled": cfg.decontamination.enabled}
+        sft_cfg = ctx.config.stages.get("sft") or sft_stage.Config()
+        self.sft_cfg: sft_stage.Config = sft_cfg.model_copy(
+            update={"k": cfg.k, "sampling": {**sft_cfg.sampling, **cfg.answer_sampling}}
+        )
+        self.evolve_sampling = sft_stage.sampling_for(ctx, cfg, 1)
+        self.eliminated: list[dict[str, Any]] = []
+        self.kept: list[Kept] = []
+        self.rounds: list[RoundStats] = []
+        self.root_source: dict[str, str] = {}
+        self.requested_total = 0
+        self.kept_total = 0
+        #: Children made per parent so far (all rounds): a parent evolved again in a later round gets new sample
+        #: offsets, so its requests differ from (and are not cache hits of) the earlier ones.
+        self.counters: dict[str, int] = {}
+        self.last_survival: float | None = None
+        # Prompt files resolved up front, so a missing one fails before any request is sent.
+        self._system = prompts.load_text(cfg.system_prompt) if cfg.system_prompt else None
+        used = {op for rc in cfg.rounds for op in rc.operations}
+        self._op_paths = {k: str(prompts.prompt_path(cfg.operations[k].prompt)) for k in sorted(used)}
+        if cfg.elimination.llm_check:
+            prompts.prompt_path(cfg.elimination.llm_check_prompt)
+
+    # -- setup -------------------------------------------------------------------------------------------------------
+    def setup_decontamination(self, seeds: list[Problem]) -> None:
+        dc = self.cfg.decontamination
+        if not dc.enabled:
+            return
+        present, missing = [], []
+        for f in dc.test_files:
+            (present if expand_path(f).exists() else missing).append(f)
+        if missing:
+            if dc.required:
+                raise ConfigError(f"stages.evolve.decontamination.test_files: not found: {', '.join(missing)}")
+            log.warning("decontamination: test files not found, skipped: %s", ", ".join(missing))
+        self.decontam_info.update(files=present, missing=missing)
+        if not present:
+            self.decontam_info["enabled"] = False
+            return
+        self.decontam = filters.Decontaminator.from_files(
+            present, ngram=dc.ngram, min_shared=dc.min_shared, min_tokens=dc.min_tokens,
+            near_threshold=dc.near_threshold, num_perm=dc.num_perm, ignore_common=dc.ignore_common,
+        )
+        self.decontam_info["test_problems"] = len(self.decontam)
+        if dc.check_seeds and seeds:
+            hits = self.decontam.match_many([s.question for s in seeds])
+            self.decontam_info["seed_matches"] = sum(h is not None for h in hits)
+            self.decontam_info["seed_match_examples"] = [
+                {"seed_id": s.id, **h.as_dict()} for s, h in zip(seeds, hits) if h is not None
+            ][:20]
+
+    # -- one pass: evolve, filter, answer -----------------------------------------------------------------------------
+    def _messages(self, child: Child) -> list[dict[str, str]]:
+        msgs = [{"role": "system", "content": self._system}] if self._system else []
+        msgs.append({"role": "user", "content": prompts.render(self._op_paths[child.op], question=child.parent.question)})
+        return msgs
+
+    async def evolve(self, children: list[Child], r: int) -> dict[str, dict[str, Any]]:
+        """Evolution results by child id; only children without a successful row are requested."""
+        name = f"round{r:02d}_evolutions"
+        ids = {c.id for c in children}
+        latest: dict[str, dict[str, Any]] = {}
+        for row in self.store.iter_partial(STAGE, name):
+            if row["id"] in ids:
+                latest[row["id"]] = row
+        todo = [c for c in children if c.id not in latest or latest[c.id].get("error")]
+        if todo:
+            by_role: dict[str, list[Child]] = {}
+            for c in todo:
+                by_role.setdefault(c.role if self.has_evolver2 else "main", []).append(c)
+            with self.store.writer(STAGE, name) as w, Progress(
+                len(todo), f"evolve: round {r} evolving", enabled=self.ctx.show_progress
+            ) as bar:
+                for role, items in by_role.items():
+                    backend = self.ctx.backend(role)
+                    reqs = [
+                        Request(self._messages(c), self.evolve_sampling, sample_offset=c.index, task=f"evolve:{c.op}",
+                                meta={"question": c.parent.question})
+                        for c in items
+                    ]
+                    async for i, res in backend.stream(reqs):
+                        c = items[i]
+                        comp = res.completions[0] if res.ok and res.completions else None
+                        row = {
+                            "id": c.id, "round": r, "pass": c.pass_, "parent_id": c.parent.id, "operation": c.op,
+                            "index": c.index, "role": role, "model": backend.model,
+                            "sampling": self.evolve_sampling.as_dict(),
+                            "text": comp.text if comp else None,
+                            "finish_reason": comp.finish_reason if comp else None,
+                            "error": res.error if not res.ok else (None if comp else "no completion"),
+                        }
+                        w.write(row)
+                        latest[c.id] = row
+                        bar.update(1, failed=int(row["error"] is not None))
+        return latest
+
+    def _eliminate(self, child: Child, reason: str, detail: str, stats: RoundStats, text: str | None = None,
+                   match: dict[str, Any] | None = None, model: str | None = None) -> None:
+        stats.count(stats.eliminated, reason)
+        self.eliminated.append({
+            "id": child.id, "round": child.round, "pass": child.pass_, "parent_id": child.parent.id,
+            "root_id": child.parent.root_id, "operation": child.op,
+            "direction": self.cfg.operations[child.op].direction, "model": model, "question": text,
+            "reason": reason, "detail": detail, "match": match,
+        })
+
+    async def llm_checks(self, items: list[tuple[Child, str]], r: int) -> dict[str, str]:
+        """Child id -> the judge's reply to the information-gain check (resumable)."""
+        name = f"round{r:02d}_checks"
+        ids = {c.id for c, _ in items}
+        replies = {row["id"]: row for row in self.store.iter_partial(STAGE, name) if row["id"] in ids}
+        todo = [(c, t) for c, t in items if c.id not in replies or replies[c.id].get("error")]
+        if todo:
+            backend = self.ctx.backend("main")
+            sampling = sft_stage.sampling_for(self.ctx, _Sampling({"temperature": 0.0, "max_tokens": 8}), 1)
+            reqs = [
+                Request([{"role": "user", "content": prompts.render(self.cfg.elimination.llm_check_prompt,
+                                                                     parent=c.parent.question, child=t)}],
+                        sampling, task="check:info_gain", meta={"question": t, "parent": c.parent.question})
+                for c, t in todo
+            ]
+            with self.store.writer(STAGE, name) as w:
+                async for i, res in backend.stream(reqs):
+                    c = todo[i][0]
+                    row = {"id": c.id, "reply": res.completions[0].text if res.ok and res.completions else None,
+                           "error": res.error}
+                    w.write(row)
+                    replies[c.id] = row
+        return {k: (v.get("reply") or "") for k, v in replies.items()}
+
+    async def run_pass(self, children: list[Child], r: int, stats: RoundStats) -> list[Kept]:
+        raw = await self.evolve(children, r)
+        survivors: list[tuple[Child, str, dict[str, Any]]] = []
+        for c in children:
+            row = raw.get(c.id)
+            if row is None or row.get("error"):
+                self._eliminate(c, "request_failed", (row or {}).get("error") or "no result", stats)
+                continue
+            text = filters.clean_evolved(row.get("text"))
+            bad = self.eliminator.check(text, c.parent.question)
+            if bad:
+                self._eliminate(c, bad[0], bad[1], stats, text, model=row.get("model"))
+                continue
+            survivors.append((c, text, row))
+        # Decontamination, then dedup against the pool (earlier rounds and earlier children of this round).
+        if self.decontam is not None and survivors:
+            hits = self.decontam.match_many([t for _, t, _ in survivors])
+            rest = []
+            for (c, t, row), m in zip(survivors, hits):
+                if m is None:
+                    rest.append((c, t, row))
+                else:
+                    stats.count(stats.contaminated, m.kind)
+                    self._eliminate(c, "contaminated", f"{m.kind} match with test problem {m.test_id} ({m.test_file})",
+                                    stats, t, m.as_dict(), row.get("model"))
+            survivors = rest
+        if survivors:
+            dups = self.deduper.check([c.id for c, _, _ in survivors], [t for _, t, _ in survivors])
+            rest = []
+            for (c, t, row), d in zip(survivors, dups):
+                if d is None:
+                    rest.append((c, t, row))
+                else:
+                    stats.count(stats.duplicates, d.kind)
+                    self._eliminate(c, f"duplicate_{d.kind}", f"duplicate of {d.key} (similarity {d.similarity:.2f})",
+                                    stats, t, {"id": d.key, "similarity": d.similarity}, row.get("model"))
+            survivors = rest
+        if self.cfg.elimination.llm_check and survivors:
+            replies = await self.llm_checks([(c, t) for c, t, _ in survivors], r)
+            rest = []
+            for c, t, row in survivors:
+                reply = replies.get(c.id, "").strip().lower()
+                if reply.startswith("no"):
+                    self._eliminate(c, "no_information_gain_llm", "the LLM check answered No", stats, t,
+                                    model=row.get("model"))
+                    self.deduper.remove([c.id])
+                else:
+                    rest.append((c, t, row))
+            survivors = rest
+        return await self.answer(survivors, r, stats)
+
+    async def answer(self, survivors: list[tuple[Child, str, dict[str, Any]]], r: int, stats: RoundStats) -> list[Kept]:
+        if not survivors:
+            return []
+        cfg = self.cfg
+        to_solve = []
+        for c, t, row in survivors:
+            src = self.root_source.get(c.parent.root_id, "gsm8k")
+            to_solve.append(Problem(id=c.id, source=src, question=t, root_id=c.parent.root_id, parent_id=c.parent.id,
+                                    round=r, operation=c.op, model=row.get("model")))
+        rows = await sft_stage.solve_problems(
+            self.ctx, to_solve, self.sft_cfg, stage=STAGE, name=f"round{r:02d}_solutions", task="solve",
+            desc=f"evolve: round {r} answering", gold_of=lambda p: None,
+        )
+        by_pid: dict[str, list[dict[str, Any]]] = {}
+        for s in rows:
+            by_pid.setdefault(s["problem_id"], []).append(s)
+        checker = self.ctx.checker()
+        votes: dict[str, tuple[str | None, float, list[str | None]]] = {}
+        for c, _, _ in survivors:
+            sols = by_pid.get(c.id, [])
+            answers = [self._usable_answer(s) for s in sols]
+            pseudo, share = majority_answer(answers, checker) if answers else (None, 0.0)
+            votes[c.id] = (pseudo, share, answers)
+        pairs = [(a, votes[c.id][0]) for c, _, _ in survivors for a in votes[c.id][2]
+                 if a is not None and votes[c.id][0] is not None]
+        verdicts = iter(await checker.acheck_many(pairs)) if pairs else iter(())
+        kept: list[Kept] = []
+        dropped: list[str] = []
+        answer_model = self.ctx.backend("main").model
+        for c, t, row in survivors:
+            pseudo, share, answers = votes[c.id]
+            sols = by_pid.get(c.id, [])
+            marked = []
+            for s, a in zip(sols, answers):
+                s = dict(s)
+                if a is None:
+                    s["verdict"], s["reason"] = ("failed", s.get("reason")) if s["verdict"] == "failed" else (
+                        "no_answer", s.get("reason") or "no usable final answer")
+                elif pseudo is None:
+                    s["verdict"] = "unchecked"
+                else:
+                    ok = next(verdicts).equal
+                    s["verdict"] = "correct" if ok else "incorrect"
+                    s["reason"] = None if ok else f"disagrees with the pseudo-gold {pseudo!r}"
+                marked.append(s)
+            if pseudo is None:
+                self._eliminate(c, "no_answer", f"no final answer in {len(sols)} teacher samples", stats, t,
+                                model=row.get("model"))
+                dropped.append(c.id)
+                continue
+            flagged = share < cfg.min_agreement
+            if flagged and cfg.low_agreement == "drop":
+                self._eliminate(c, "low_agreement", f"agreement {share:.2f} < {cfg.min_agreement}", stats, t,
+                                {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
+                dropped.append(c.id)
+                continue
+            good = [s for s in marked if s["verdict"] == "correct"]
+            problem = Problem(
+                id=c.id, source="evol", question=t, gold_answer=pseudo,
+                reference_solution=good[0]["text"] if good else None, root_id=c.parent.root_id,
+                parent_id=c.parent.id, round=r, operation=c.op, model=row.get("model"),
+            )
+            evol = EvolExample(
+                id=c.id, question=t, pseudo_gold=pseudo, agreement=round(share, 4), n_samples=len(sols),
+                solutions=[s["text"] for s in marked], root_id=c.parent.root_id, parent_id=c.parent.id, round=r,
+                operation=c.op, direction=cfg.operations[c.op].direction, model=row.get("model"), flagged=flagged,
+                sampling=row.get("sampling") or {}, answer_model=answer_model, answers=answers,
+            )
+            steps = [len(s.get("steps") or split_steps(s["text"])) for s in good]
+            chars = [len(s["text"]) for s in good]
+            kept.append(Kept(problem, evol, marked, sum(steps) / len(steps) if steps else None,
+                             sum(chars) / len(chars) if chars else None))
+            stats.flagged += int(flagged)
+        if dropped:
+            self.deduper.remove(dropped)
+        return kept
+
+    def _usable_answer(self, s: dict[str, Any]) -> str | None:
+        if s["verdict"] == "failed":
+            return None
+        if self.sft_cfg.drop_truncated and s.get("finish_reason") == "length":
+            return None
+        return s.get("answer") if s.get("answer") is not None else extract_answer(s.get("text"))
+
+    # -- rounds --------------------------------------------------------------------------------------------------------
+    def survival_estimate(self) -> float:
+        """Expected share of requested children that survive: the last round's share (when it had >= 20 requests),
+        else the share over everything so far, else ``expected_survival``."""
+        if self.cfg.adapt_survival:
+            if self.last_survival is not None:
+                return min(1.0, max(0.05, self.last_survival))
+            if self.requested_total >= 20:
+                return min(1.0, max(0.05, self.kept_total / self.requested_total))
+        return self.cfg.expected_survival
+
+    async def run_round(self, r: int, rc: RoundConfig, seeds: list[Problem], planned: float) -> RoundStats:
+        cfg = self.cfg
+        stats = RoundStats(round=r, pool=rc.pool, planned=planned)
+        if rc.pool == "seeds":
+            parents = list(seeds)
+        elif rc.pool == "previous":
+            parents = [k.problem for k in self.kept if k.problem.round == r - 1] if r > 1 else list(seeds)
+        else:
+            parents = list(seeds) + [k.problem for k in self.kept]
+        stats.parents = len(parents)
+        target = int(round(planned))
+        cap = int(math.ceil(cfg.max_children_per_parent * len(parents)))
+        round_kept: list[Kept] = []
+        if not parents:
+            log.warning("evolve: round %d has no parents (pool %r is empty)", r, rc.pool)
+        for p in range(cfg.max_topups + 1):
+            need = target - len(round_kept)
+            if need <= 0 or not parents or (p > 0 and need <= cfg.topup_tolerance * target):
+                break
+            n_req = min(int(math.ceil(need / self.survival_estimate())), cap - stats.requested)
+            if n_req <= 0:
+                break
+            rng = random.Random(f"evolve:{self.seed}:{r}:{p}")
+            children = plan_children(parents, n_req, rc.operations, rng, self.counters, r, p,
+                                     cfg.evolver2_share if self.has_evolver2 else 0.0)
+            got = await self.run_pass(children, r, stats)
+            stats.passes += 1
+            stats.requested += len(children)
+            self.requested_total += len(children)
+            self.kept_total += len(got)
+            round_kept.extend(got)
+        round_kept.sort(key=lambda k: k.problem.id)
+        self.kept.extend(round_kept)
+        stats.kept = len(round_kept)
+        if stats.requested >= 20:
+            self.last_survival = stats.kept / stats.requested
+        return stats
+
+    async def run(self, seeds: list[Problem]) -> None:
+        for s in seeds:
+            self.root_source[s.id] = s.source
+        self.deduper.add([s.id for s in seeds], [s.question for s in seeds])
+        plan = planned_sizes(self.cfg.rounds, len(seeds))
+        for r, rc in enumerate(self.cfg.rounds, start=1):
+            t0 = time.time()
+            stats = await self.run_round(r, rc, seeds, plan[r - 1])
+            self.rounds.append(stats)
+            log.info("evolve: round %d: kept %d of %d requested (planned %.0f) in %.1f s", r, stats.kept,
+                     stats.requested, stats.planned, time.time() - t0)
+
+
+class _Sampling:
+    """Adapter so sft.sampling_for can build a Sampling from a plain dict of overrides."""
+
+    def __init__(self, sampling: dict[str, Any]):
+        self.sampling = sampling
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Summary, report, outputs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return round(sum(vals) / len(vals), 3) if vals else None
+
+
+def _difficulty(kept: list[Kept]) -> dict[str, Any]:
+    return {
+        "n": len(kept),
+        "steps": _mean([k.steps for k in kept]),
+        "solution_chars": _mean([k.solution_chars for k in kept]),
+        "agreement": _mean([k.evol.agreement for k in kept]),
+        "question_chars": _mean([len(k.problem.question) for k in kept]),
+    }
+
+
+def seed_difficulty(ctx: Any, seeds: list[Problem]) -> dict[str, Any] | None:
+    """The same proxy for the seeds, from the sft stage's correct solutions (None when that stage has not run)."""
+    if not ctx.store.has_output("sft", "solutions"):
+        return None
+    ids = {s.id for s in seeds}
+    steps, chars = [], []
+    for s in ctx.store.load("sft", "solutions"):
+        if s["problem_id"] in ids and s["verdict"] == "correct":
+            steps.append(len(s.get("steps") or []))
+            chars.append(len(s["text"]))
+    return {"n": len(seeds), "steps": _mean(steps), "solution_chars": _mean(chars), "agreement": None,
+            "question_chars": _mean([len(s.question) for s in seeds])}
+
+
+def build_summary(engine: Engine, seeds: list[Problem], base_difficulty: dict[str, Any] | None) -> dict[str, Any]:
+    cfg = engine.cfg
+    n = len(seeds)
+    plan = planned_sizes(cfg.rounds, n)
+    rounds = []
+    planned_pool = achieved_pool = float(n)
+    for st, planned in zip(engine.rounds, plan):
+        planned_pool += planned
+        achieved_pool += st.kept
+        kept_r = [k for k in engine.kept if k.problem.round == st.round]
+        by_op = {op: _difficulty([k for k in kept_r if k.problem.operation == op])
+                 for op in cfg.rounds[st.round - 1].operations}
+        by_dir = {d: _difficulty([k for k in kept_r if k.evol.direction == d]) for d in ("upward", "downward")}
+        elim_by_op: dict[str, dict[str, int]] = {}
+        for e in engine.eliminated:
+            if e["round"] == st.round:
+                d = elim_by_op.setdefault(e["operation"], {})
+                d[e["reason"]] = d.get(e["reason"], 0) + 1
+        for op in by_op:
+            by_op[op]["eliminated"] = elim_by_op.get(op, {})
+        rounds.append({
+            "round": st.round, "pool": st.pool, "parents": st.parents,
+            "children_per_parent": cfg.rounds[st.round - 1].children_per_parent,
+            "children_per_parent_effective": round(st.requested / st.parents, 3) if st.parents else 0.0,
+            "planned": round(planned, 1), "requested": st.requested, "passes": st.passes, "kept": st.kept,
+            "flagged": st.flagged, "survival": round(st.kept / st.requested, 4) if st.requested else None,
+            "planned_pool": round(planned_pool, 1), "achieved_pool": int(achieved_pool),
+            "planned_growth": round(planned_pool / n, 4) if n else None,
+            "achieved_growth": round(achieved_pool / n, 4) if n else None,
+            "eliminated": dict(sorted(st.eliminated.items())), "duplicates": st.duplicates,
+            "contaminated": st.contaminated, "by_operation": by_op, "by_direction": by_dir,
+            "difficulty": _difficulty(kept_r),
+        })
+    totals: dict[str, int] = {}
+    for e in engine.eliminated:
+        totals[e["reason"]] = totals.get(e["reason"], 0) + 1
+    by_op_all = {op: _difficulty([k for k in engine.kept if k.problem.operation == op]) for op in cfg.operations}
+    return {
+        "seeds": n, "evolved": len(engine.kept), "pool": n + len(engine.kept),
+        "flagged": sum(k.evol.flagged for k in engine.kept),
+        "growth": {"planned": round((n + sum(plan)) / n, 4) if n else None,
+                   "achieved": round((n + len(engine.kept)) / n, 4) if n else None},
+        "requested": engine.requested_total,
+        "eliminated": dict(sorted(totals.items())),
+        "decontamination": engine.decontam_info,
+        "seed_difficulty": base_difficulty,
+        "by_operation": {k: v for k, v in by_op_all.items() if v["n"]},
+        "rounds": rounds,
+    }
+
+
+def print_report(summary: dict[str, Any]) -> None:
+    from .. import report
+
+    rows = []
+    for r in summary["rounds"]:
+        dedup = sum(r["duplicates"].values())
+        contam = sum(r["contaminated"].values())
+        other = {k: v for k, v in r["eliminated"].items() if not k.startswith(("duplicate_", "contaminated"))}
+        up, down = r["by_direction"]["upward"], r["by_direction"]["downward"]
+        rows.append([
+            r["round"], r["pool"], r["parents"], f"{r['planned']:.0f}", r["requested"], r["kept"],
+            f"{r['planned_growth']:.2f}x", f"{r['achieved_growth']:.2f}x", report.format_counts(other) or "-",
+            dedup, contam, report.fmt(up["steps"]), report.fmt(down["steps"]), report.fmt(r["difficulty"]["agreement"]),
+        ])
+    report.print_table(
+        "evolve: rounds (planned vs achieved; eliminations; difficulty proxy)",
+        ["round", "pool", "parents", "planned", "requested", "kept", "growth plan", "growth got", "eliminated",
+         "dup", "contam", "steps up", "steps down", "agree"],
+        rows,
+    )
+    ops = [[op, d["n"], report.fmt(d["steps"]), report.fmt(d["solution_chars"], 0), report.fmt(d["agreement"]),
+            report.fmt(d["question_chars"], 0)] for op, d in summary["by_operation"].items()]
+    if ops:
+        report.print_table("evolve: difficulty proxy by operation",
+                           ["operation", "kept", "steps", "solution chars", "agreement", "question chars"], ops)
+
+
+def make_plots(summary: dict[str, Any], out_dir: Any) -> list[str]:
+    from .. import report
+
+    rounds = summary["rounds"]
+    if not rounds:
+        return []
+    xs = [0] + [r["round"] for r in rounds]
+    n = summary["seeds"]
+    paths = []
+    p = report.line_plot(
+        out_dir / "growth.png", xs,
+        {"planned pool": [n] + [r["planned_pool"] for r in rounds],
+         "achieved pool": [n] + [r["achieved_pool"] for r in rounds]},
+        title=f"Evol-Instruct growth: {n} seeds -> {summary['pool']} problems "
+              f"({summary['growth']['achieved']:.2f}x, planned {summary['growth']['planned']:.2f}x)",
+        xlabel="round", ylabel="problems in pool",
+        bars={"kept this round": [0] + [r["kept"] for r in rounds]},
+    )
+    paths.append(str(p))
+    base = summary.get("seed_difficulty") or {}
+    panels = {}
+    for metric, label in (("steps", "solution steps"), ("solution_chars", "solution length (chars)"),
+                          ("agreement", "answer agreement"), ("question_chars", "question length (chars)")):
+        series = {}
+        for d in ("upward", "downward"):
+            series[d] = [base.get(metric)] + [r["by_direction"][d][metric] for r in rounds]
+        panels[label] = series
+    p = report.panel_plot(out_dir / "difficulty.png", xs, panels,
+                          title="Difficulty proxy by round and direction (round 0 = seeds)", xlabel="round")
+    paths.append(str(p))
+    return paths
+
+
+def sft_union(ctx: Any, engine: Engine) -> tuple[list[dict[str, Any]], int]:
+    """Seed SFT rows (the sft stage's output, when it ran) + the evolved problems' agreeing solutions."""
+    seed_rows = ctx.store.load("sft", "sft") if ctx.store.has_output("sft", "sft") else []
+    probs = [k.problem for k in engine.kept if not k.evol.flagged]
+    sols = [s for k in engine.kept if not k.evol.flagged for s in k.solutions]
+    evolved = [r.row() for r in sft_stage.sft_rows(probs, sols, engine.sft_cfg)]
+    for r in evolved:
+        SFTExample.model_validate(r)
+    return seed_rows + evolved, len(seed_rows)
+
+
+def run(ctx: Any) -> dict[str, Any]:
+    t0 = time.time()
+    cfg: Config = ctx.config.stage(STAGE)
+    seeds = ctx.seeds()
+    engine = Engine(ctx, cfg)
+    engine.setup_decontamination(seeds)
+    asyncio.run(engine.run(seeds))
+    summary = build_summary(engine, seeds, seed_difficulty(ctx, seeds))
+    out_dir = ctx.store.stage_dir(STAGE)
+    if cfg.plots:
+        summary["plots"] = make_plots(summary, out_dir)
+    sft_rows, n_seed_sft = sft_union(ctx, engine)
+    summary["sft_union"] = {"seed_rows": n_seed_sft, "evolved_rows": len(sft_rows) - n_seed_sft}
+    eliminated = sorted(engine.eliminated, key=lambda e: (e["round"], e["id"]))
+    ctx.store.finish(
+        STAGE,
+        {
+            "problems": [k.problem.row() for k in engine.kept],
+            "evol": [k.evol.row() for k in engine.kept],
+            "solutions": [s for k in engine.kept for s in k.solutions],
+            "sft": sft_rows,
+            "eliminated": eliminated,
+        },
+        summary,
+        started=t0,
+    )
+    print_report(summary)
+    return {k: v for k, v in summary.items() if k not in ("rounds", "by_operation", "seed_difficulty")}
