@@ -100,11 +100,15 @@ class DeterministicBackend(Backend):
         ids = req.meta.get("variant_ids") or []
         if _u("irm-bad", req.messages[-1]["content"], k) < 0.05:
             return "I think the second one is better, but it is hard to say."
+        texts = req.meta.get("variant_texts") or {}
         scores = {}
         for vid in ids:
-            base = 1 + _h("irm", vid) % 9
+            base = 1 + _h("irm", vid, texts.get(vid)) % 9
             scores[vid] = {"definition": base, "precision": 1 + (base * 7) % 10, "integrity": 1 + (base * 3) % 10}
         ranking = sorted(ids, key=lambda v: (-sum(scores[v].values()), v))
+        # A little position bias (depends on the prompt, i.e. on the order shown): swapped-order judging must catch it.
+        if len(ranking) > 1 and _u("irm-position", req.messages[-1]["content"]) < 0.15:
+            ranking[0], ranking[1] = ranking[1], ranking[0]
         return json.dumps({"scores": scores, "ranking": ranking})
 
     def _judge_prm(self, req: Request, k: int) -> str:
@@ -112,16 +116,36 @@ class DeterministicBackend(Backend):
         correct = req.meta.get("final_correct")
         labels = []
         bad_from = None if correct else max(0, len(steps) - 1 - _h("prm", req.messages[-1]["content"]) % max(1, len(steps)))
+        content = req.messages[-1]["content"]
         for i, _ in enumerate(steps):
-            labels.append({"step": i + 1, "label": "incorrect" if bad_from is not None and i >= bad_from else "correct"})
+            labels.append({"step": i + 1, "label": "incorrect" if bad_from is not None and i >= bad_from else "correct",
+                           "confidence": round(0.5 + 0.5 * _u("prm-conf", content, i), 2)})
         return json.dumps({"steps": labels})
+
+    def _rollout(self, req: Request, k: int) -> str:
+        """Continue a solution prefix (``meta["prefix"]``): a prefix that already states a wrong value keeps it; a sound
+        prefix reaches the gold answer most of the time (Monte-Carlo step labelling)."""
+        if req.meta.get("prefix") is None:
+            return self._solve(req, k)
+        q, gold, prefix = req.meta.get("question") or "", req.meta.get("gold"), req.meta["prefix"]
+        stated = _STATED.findall(prefix)
+        if stated and gold is not None and _fmt(float(stated[-1])) != _fmt_gold(gold):
+            answer = _fmt(float(stated[-1]))
+        elif gold is not None and _u("rollout", q, prefix, k) < 0.85:
+            answer = str(gold)
+        else:
+            nums = [float(x) for x in _NUM.findall(q)][:6]
+            answer = _fmt((sum(nums) if nums else 0) + 1 + _h("r", q, prefix, k) % 5)
+        return f"Continuing from there, the remaining work gives {answer}.\n\nThe answer is: {answer}"
 
     def respond(self, req: Request, k: int) -> str:
         task = req.task or "solve"
         for prefix, fn in self.responders.items():
             if task.startswith(prefix):
                 return fn(req, k)
-        if task.startswith("solve") or task.startswith("rollout"):
+        if task.startswith("rollout"):
+            return self._rollout(req, k)
+        if task.startswith("solve"):
             return self._solve(req, k)
         if task.startswith("evolve:"):
             return self._evolve(req, k, task.split(":", 1)[1])
@@ -146,6 +170,16 @@ class DeterministicBackend(Backend):
             res = Result(comps)
             self.stats.add(res)
             yield i, res
+
+
+_STATED = re.compile(r"(?:gives|result is|answer is:?)\s*(-?\d+(?:\.\d+)?)", re.I)
+
+
+def _fmt_gold(gold: Any) -> str:
+    try:
+        return _fmt(float(str(gold).replace(",", "")))
+    except ValueError:
+        return str(gold)
 
 
 def _fmt(x: float) -> str:

@@ -1,0 +1,311 @@
+"""The Argilla 2.x implementation of :class:`evolkit.review.adapter.ReviewBackend` (``argilla`` is imported lazily).
+
+Dataset designs (guidelines: :data:`evolkit.review.adapter.IRM_GUIDELINES` / ``PRM_GUIDELINES``):
+
+* **IRM** (one record per ranked instruction): fields ``instruction`` and ``version_A`` ... (markdown; versions beyond
+  the record's count are left out); questions ``ranking`` (RankingQuestion over the version ids, one slot per version
+  the dataset was created with) and ``comment`` (optional text); metadata ``source``, ``round``, ``operation``,
+  ``evolver``, ``judge_confidence``, ``versions``, ``consistent``. The judge's ranking is a suggestion with the judge
+  model as agent and its confidence as score.
+* **PRM** (one record per solution step): fields ``problem``, ``previous_steps``, ``step``; questions ``label``
+  (LabelQuestion correct / incorrect / neutral) and ``justification`` (optional text); metadata ``source``, ``round``,
+  ``operation``, ``judge_confidence``, ``step_number``, ``n_steps``, ``final_correct``, ``solution``. The judge's label is a
+  suggestion (agent, score = its confidence when it gave one).
+
+Records are keyed by evolkit's item id (Argilla's ``external_id``), so ``records.log`` upserts: pushing again updates
+fields, metadata and suggestions and keeps reviewers' responses; nothing is duplicated. The hash of what reviewers see
+is stored as extra metadata ``content_hash`` so ``pull`` can tell answers to an older version of a record.
+
+Responses are read over Argilla's REST API (``GET /api/v1/datasets/{id}/records?include=responses``, through the SDK's
+authenticated HTTP client) because the SDK's record objects drop responses that hold no values (discarded records).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import EvolkitError
+from .adapter import IRM_GUIDELINES, PRM_GUIDELINES, VERSION_IDS, ItemResponses, Kind, PushResult, Response, ReviewItem
+
+log = logging.getLogger("evolkit.review")
+
+URL_ENV = "ARGILLA_API_URL"
+KEY_ENV = "ARGILLA_API_KEY"
+WORKSPACE_ENV = "ARGILLA_WORKSPACE"
+DEFAULT_WORKSPACE = "evolkit"
+PAGE = 500
+
+
+class ReviewError(EvolkitError):
+    """The review server is missing, unreachable, refuses the key, or a dataset does not fit."""
+
+
+@dataclass
+class Connection:
+    url: str
+    api_key: str
+    workspace: str | None = None
+
+
+def connection(url: str | None = None, api_key: str | None = None, workspace: str | None = None,
+               api_key_env: str = KEY_ENV, timeout: float = 10.0) -> Connection:
+    """Connection settings from the arguments, else ``ARGILLA_API_URL`` / ``ARGILLA_API_KEY`` / ``ARGILLA_WORKSPACE``;
+    checks that the server answers and accepts the key (clear :class:`ReviewError` otherwise)."""
+    import requests
+
+    url = (url or os.environ.get(URL_ENV) or "").rstrip("/")
+    key = api_key or os.environ.get(api_key_env) or ""
+    workspace = workspace or os.environ.get(WORKSPACE_ENV) or None
+    if not url:
+        raise ReviewError(
+            f"no Argilla server configured: set {URL_ENV} and {KEY_ENV} (or pass --api-url, and the key in "
+            f"{api_key_env}); for a local server run `evolkit review serve`"
+        )
+    if not key:
+        raise ReviewError(f"no Argilla API key: set {api_key_env} (the owner's or an admin's key)")
+    try:
+        resp = requests.get(f"{url}/api/v1/status", timeout=timeout)
+    except requests.RequestException as e:
+        raise ReviewError(f"cannot reach Argilla at {url}: {type(e).__name__}: {e}. Is the server running? "
+                          f"(`evolkit review serve` starts a local one)") from None
+    if resp.status_code != 200:
+        raise ReviewError(f"{url}/api/v1/status answered HTTP {resp.status_code}: is {url} an Argilla 2.x server?")
+    me = requests.get(f"{url}/api/v1/me", headers={"X-Argilla-Api-Key": key}, timeout=timeout)
+    if me.status_code in (401, 403):
+        raise ReviewError(f"Argilla at {url} rejected the API key (HTTP {me.status_code}); check {api_key_env}")
+    if me.status_code != 200:
+        raise ReviewError(f"Argilla at {url}: GET /api/v1/me answered HTTP {me.status_code}: {me.text[:200]}")
+    return Connection(url, key, workspace)
+
+
+class ArgillaReview:
+    """Push and pull evolkit review items on an Argilla 2.x server."""
+
+    def __init__(self, conn: Connection):
+        import argilla as rg
+        from argilla._exceptions import ArgillaError
+
+        self.rg = rg
+        self.sdk_error = ArgillaError
+        self.conn = conn
+        logging.getLogger("argilla.sdk").setLevel(logging.WARNING)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.WARNING)  # the SDK logs "Logged in as ..." on the root logger
+        try:
+            self.client = rg.Argilla(api_url=conn.url, api_key=conn.api_key)
+        finally:
+            root.setLevel(level)
+
+    # ------------------------------------------------------------------------------------------ lookups
+    def workspace(self, name: str | None = None, create: bool = True) -> Any:
+        rg = self.rg
+        name = name or self.conn.workspace
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if name:
+                ws = self.client.workspaces(name)
+                if ws is None:
+                    if not create:
+                        raise ReviewError(f"Argilla workspace {name!r} does not exist")
+                    ws = rg.Workspace(name=name, client=self.client).create()
+                    log.warning("created Argilla workspace %r: add the reviewers to it (workspace.add_user)", name)
+                return ws
+            ws = self.client.workspaces(DEFAULT_WORKSPACE)
+            if ws is not None:
+                return ws
+            all_ws = list(self.client.workspaces)
+            if all_ws:
+                return all_ws[0]
+            if not create:
+                raise ReviewError("this Argilla server has no workspace")
+            return rg.Workspace(name=DEFAULT_WORKSPACE, client=self.client).create()
+
+    def dataset(self, name: str, workspace: str | None = None) -> Any | None:
+        ws = self.workspace(workspace, create=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self.client.datasets(name=name, workspace=ws)
+
+    def dataset_url(self, ds: Any) -> str:
+        return f"{self.conn.url}/dataset/{ds.id}/annotation-mode"
+
+    # ------------------------------------------------------------------------------------------ settings
+    def settings(self, kind: Kind, n_versions: int = 4, min_submitted: int = 1, allow_neutral: bool = True) -> Any:
+        rg = self.rg
+        if kind == "irm":
+            ids = VERSION_IDS[:n_versions]
+            fields = [rg.TextField(name="instruction", title="Original problem", use_markdown=True)]
+            fields += [rg.TextField(name=f"version_{v}", title=f"Version {v}", use_markdown=True, required=i < 2)
+                       for i, v in enumerate(ids)]
+            questions = [
+                rg.RankingQuestion(name="ranking", title="Rank the versions (1 = best)", values={v: f"Version {v}" for v in ids},
+                                   description="Definition, precision, integrity; an empty version goes last."),
+                rg.TextQuestion(name="comment", title="Comment (optional)", required=False),
+            ]
+            metadata = [
+                rg.TermsMetadataProperty(name="source", title="Instruction source"),
+                rg.IntegerMetadataProperty(name="round", title="Evolution round"),
+                rg.TermsMetadataProperty(name="operation", title="Evolution operations"),
+                rg.TermsMetadataProperty(name="evolver", title="Evolvers"),
+                rg.FloatMetadataProperty(name="judge_confidence", title="Judge confidence", min=0.0, max=1.0),
+                rg.IntegerMetadataProperty(name="versions", title="Number of versions"),
+                rg.TermsMetadataProperty(name="consistent", title="Judge consistent in both orders"),
+            ]
+            text = IRM_GUIDELINES
+        else:
+            labels = {"correct": "Correct", "incorrect": "Incorrect"}
+            if allow_neutral:
+                labels["neutral"] = "Neutral"
+            fields = [
+                rg.TextField(name="problem", title="Problem", use_markdown=True),
+                rg.TextField(name="previous_steps", title="Earlier steps (context)", use_markdown=True),
+                rg.TextField(name="step", title="Step to label", use_markdown=True),
+            ]
+            questions = [
+                rg.LabelQuestion(name="label", title="Is this step correct?", labels=labels),
+                rg.TextQuestion(name="justification", title="Why? (say what is wrong, or why you override the model)",
+                                required=False),
+            ]
+            metadata = [
+                rg.TermsMetadataProperty(name="source", title="Solution source"),
+                rg.IntegerMetadataProperty(name="round", title="Evolution round"),
+                rg.TermsMetadataProperty(name="operation", title="Evolution operation"),
+                rg.FloatMetadataProperty(name="judge_confidence", title="Judge confidence", min=0.0, max=1.0),
+                rg.IntegerMetadataProperty(name="step_number", title="Step number"),
+                rg.IntegerMetadataProperty(name="n_steps", title="Steps in the solution"),
+                rg.TermsMetadataProperty(name="final_correct", title="Final answer correct"),
+                rg.TermsMetadataProperty(name="solution", title="Solution id"),
+            ]
+            text = PRM_GUIDELINES
+        return rg.Settings(fields=fields, questions=questions, metadata=metadata, guidelines=text,
+                           allow_extra_metadata=True, distribution=rg.TaskDistribution(min_submitted=min_submitted))
+
+    def _check_compatible(self, kind: Kind, ds: Any, n_versions: int) -> None:
+        questions = {q.name: q for q in ds.settings.questions}
+        fields = {f.name for f in ds.settings.fields}
+        need_q = "ranking" if kind == "irm" else "label"
+        need_f = {"instruction"} if kind == "irm" else {"problem", "previous_steps", "step"}
+        if need_q not in questions or not need_f <= fields:
+            raise ReviewError(f"Argilla dataset {ds.name!r} exists but is not an evolkit {kind.upper()} review dataset "
+                              f"(questions {sorted(questions)}, fields {sorted(fields)}); choose another --name")
+        if kind == "irm":
+            slots = len(questions["ranking"].values)
+            if n_versions > slots:
+                raise ReviewError(f"Argilla dataset {ds.name!r} ranks {slots} versions but this push has records with "
+                                  f"{n_versions}; push to a new dataset (--name)")
+
+    # ------------------------------------------------------------------------------------------ records
+    def _record(self, kind: Kind, item: ReviewItem, slots: int) -> Any:
+        rg = self.rg
+        c = item.content
+        meta = {k: (float(v) if k == "judge_confidence" and v is not None else v) for k, v in item.metadata.items()}
+        meta = {k: v for k, v in meta.items() if v is not None and v != []}
+        meta["content_hash"] = item.content_hash
+        if kind == "irm":
+            fields = {"instruction": c["instruction"]}
+            fields.update({f"version_{v}": t for v, t in c["versions"].items()})
+            ranked = sorted(item.suggestion["ranking"], key=lambda v: (item.suggestion["ranking"][v], v))
+            empty = [v for v in VERSION_IDS[:slots] if v not in item.suggestion["ranking"]]
+            value = ranked + empty
+            score = [float(item.score)] * len(value) if item.score is not None else None
+            sugg = [rg.Suggestion(question_name="ranking", value=value, score=score, agent=item.agent)]
+        else:
+            fields = {"problem": c["problem"], "previous_steps": c["previous_steps"],
+                      "step": f"**Step {c['position'].replace('/', ' of ')}**\n\n{c['step']}"}
+            score = float(item.score) if item.score is not None else None
+            sugg = [rg.Suggestion(question_name="label", value=item.suggestion["label"], score=score, agent=item.agent)]
+        return rg.Record(id=item.id, fields=fields, metadata=meta, suggestions=sugg)
+
+    def existing_ids(self, ds: Any) -> set[str]:
+        return {it["external_id"] for it in self._iter_records(ds, include=())}
+
+    def _iter_records(self, ds: Any, include: tuple[str, ...] = ("responses",)) -> Any:
+        http = self.client.api.http_client
+        offset = 0
+        while True:
+            params: dict[str, Any] = {"offset": offset, "limit": PAGE}
+            if include:
+                params["include"] = list(include)
+            resp = http.get(f"/api/v1/datasets/{ds.id}/records", params=params)
+            if resp.status_code != 200:
+                raise ReviewError(f"listing records of {ds.name!r} failed: HTTP {resp.status_code} {resp.text[:200]}")
+            items = resp.json().get("items", [])
+            yield from items
+            if len(items) < PAGE:
+                return
+            offset += PAGE
+
+    def push(self, kind: Kind, items: list[ReviewItem], *, dataset: str, workspace: str | None = None,
+             guidelines: str = "", min_submitted: int = 1, allow_neutral: bool = True) -> PushResult:
+        try:
+            return self._push(kind, items, dataset, workspace, guidelines, min_submitted, allow_neutral)
+        except self.sdk_error as e:
+            raise ReviewError(f"Argilla refused the push of {kind} to {dataset!r}: {e}") from None
+
+    def _push(self, kind: Kind, items: list[ReviewItem], dataset: str, workspace: str | None, guidelines: str,
+              min_submitted: int, allow_neutral: bool) -> PushResult:
+        rg = self.rg
+        ws = self.workspace(workspace)
+        n_versions = max((len(i.content["versions"]) for i in items), default=2) if kind == "irm" else 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ds = self.client.datasets(name=dataset, workspace=ws)
+        created_ds = ds is None
+        if ds is None:
+            settings = self.settings(kind, max(2, n_versions), min_submitted, allow_neutral)
+            if guidelines:
+                settings.guidelines = guidelines
+            ds = rg.Dataset(name=dataset, workspace=ws, settings=settings, client=self.client).create()
+            existing: set[str] = set()
+        else:
+            self._check_compatible(kind, ds, n_versions)
+            existing = self.existing_ids(ds)
+            text = guidelines or (IRM_GUIDELINES if kind == "irm" else PRM_GUIDELINES)
+            if (ds.settings.guidelines or "").strip() != text.strip():
+                ds.settings.guidelines = text
+                ds.settings.update()
+        slots = len(ds.settings.questions["ranking"].values) if kind == "irm" else 0
+        records = [self._record(kind, it, slots) for it in items]
+        if records:
+            ds.records.log(records)
+        ids = {it.id for it in items}
+        return PushResult(dataset=dataset, workspace=ws.name, url=self.dataset_url(ds),
+                          created=len(ids - existing), updated=len(ids & existing), dataset_created=created_ds,
+                          total=len(existing | ids))
+
+    def pull(self, kind: Kind, *, dataset: str, workspace: str | None = None) -> list[ItemResponses]:
+        try:
+            return self._pull(kind, dataset, workspace)
+        except self.sdk_error as e:
+            raise ReviewError(f"Argilla: pulling {dataset!r} failed: {e}") from None
+
+    def _pull(self, kind: Kind, dataset: str, workspace: str | None) -> list[ItemResponses]:
+        ds = self.dataset(dataset, workspace)
+        if ds is None:
+            raise ReviewError(f"no Argilla dataset {dataset!r} in workspace "
+                              f"{workspace or self.conn.workspace or DEFAULT_WORKSPACE!r}: push it first")
+        users = {str(u.id): u.username for u in self.client.users}
+        out = []
+        for rec in self._iter_records(ds):
+            meta = rec.get("metadata") or {}
+            responses = []
+            for r in rec.get("responses") or []:
+                values = r.get("values") or {}
+                user = users.get(str(r.get("user_id")), str(r.get("user_id")))
+                resp = Response(user=user, status=r.get("status"))
+                if kind == "irm":
+                    v = (values.get("ranking") or {}).get("value")
+                    if v:
+                        resp.ranking = {x["value"]: int(x["rank"]) for x in v if x.get("rank") is not None}
+                    resp.comment = (values.get("comment") or {}).get("value")
+                else:
+                    resp.label = (values.get("label") or {}).get("value")
+                    resp.comment = (values.get("justification") or {}).get("value")
+                responses.append(resp)
+            out.append(ItemResponses(id=rec["external_id"], content_hash=meta.get("content_hash"), responses=responses))
+        return out
