@@ -923,6 +923,30 @@ def hub_error(e: BaseException, repo_id: str, action: str, user: str | None = No
                         f"{detail})")
 
 
+def _is_network_error(e: BaseException) -> bool:
+    mod = type(e).__module__.split(".")[0]
+    return isinstance(e, (ConnectionError, TimeoutError)) or mod in ("httpx", "httpx2", "httpcore", "requests",
+                                                                      "urllib3")
+
+
+def _hub_call(repo_id: str, action: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call a Hub client method; HTTP and network errors become :class:`PublishError` (409 is re-raised as is)."""
+    from huggingface_hub import constants
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return fn(*args, **kwargs)
+    except HfHubHTTPError as e:
+        raise hub_error(e, repo_id, action) from None
+    except PublishError:
+        raise
+    except Exception as e:
+        if _is_network_error(e):
+            raise PublishError(f"{action} {repo_id}: cannot reach the Hub at {constants.ENDPOINT} "
+                               f"({type(e).__name__}: {_short(e, 200)}); nothing was committed") from None
+        raise
+
+
 def git_blob_sha1(path: Path) -> str:
     data = path.read_bytes()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -1002,14 +1026,19 @@ def plan_push(b: Build, repo_id: str, token: str | None) -> PushPlan:
     try:
         api, _ = _api(token)
         try:
-            remote = _remote_files(api, repo_id)
+            head = api.dataset_info(repo_id).sha  # fails fast when the Hub is unreachable (tree listing retries)
+            remote = _remote_files(api, repo_id, revision=head)
             exists = True
         except RepositoryNotFoundError:
             remote, exists = {}, False
     except PublishError as e:
         note = f"remote state unknown: {e}"
-    except (HfHubHTTPError, OSError) as e:
+    except HfHubHTTPError as e:
         note = f"remote state unknown: {hub_error(e, repo_id, 'reading')}"
+    except Exception as e:
+        if not _is_network_error(e):
+            raise
+        note = f"remote state unknown: cannot reach the Hub ({type(e).__name__}: {_short(e, 200)})"
     adds = [(p, _file_state(b.folder, p, f["sha256"], remote), f["bytes"]) for p, f in sorted(b.files.items())]
     return PushPlan(repo_id, exists, adds, _stale(remote or {}, b.files), note)
 
@@ -1018,39 +1047,36 @@ def push(b: Build, repo_id: str, token: str | None = None, private: bool = False
          commit_message: str | None = None) -> dict[str, Any]:
     """Create the dataset repo if needed and push the folder in one commit. Returns {repo_id, commit, url, ...}."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
-    from huggingface_hub.errors import HfHubHTTPError
 
     api, _ = _api(token)
     created = False
     try:
-        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=False)
+        _hub_call(repo_id, "creating dataset repo", api.create_repo, repo_id, repo_type="dataset", private=private,
+                  exist_ok=False)
         created = True
-    except HfHubHTTPError as e:
-        if _status(e) != 409:
-            raise hub_error(e, repo_id, "creating dataset repo") from None
+    except PublishError as e:
+        if "(HTTP 409" not in str(e):
+            raise
     except ValueError as e:  # malformed repo id (HFValidationError)
         raise PublishError(f"--repo {repo_id!r}: {e}") from None
-    try:
-        info = api.dataset_info(repo_id)
-        head = info.sha
-        remote = _remote_files(api, repo_id, revision=head)
-    except HfHubHTTPError as e:
-        raise hub_error(e, repo_id, "reading dataset repo") from None
+    info = _hub_call(repo_id, "reading dataset repo", api.dataset_info, repo_id)
+    head = info.sha
+    remote = _hub_call(repo_id, "reading dataset repo", _remote_files, api, repo_id, revision=head)
     if not created:
-        _check_owner(api, repo_id, remote, b.run, head, overwrite)
+        _hub_call(repo_id, "reading dataset repo", _check_owner, api, repo_id, remote, b.run, head, overwrite)
     ops: list[Any] = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(b.folder / p)) for p in sorted(b.files)]
     deletes = _stale(remote, b.files)
     ops += [CommitOperationDelete(path_in_repo=p) for p in deletes]
     counts = ", ".join(f"{d.name} {sum(d.counts().values())}" for d in b.datasets)
     message = commit_message or f"evolkit publish of run {b.run['name']} ({counts})"
-    try:
-        commit = api.create_commit(repo_id, ops, commit_message=message, repo_type="dataset", parent_commit=head,
-                                   commit_description=f"evolkit {__version__}, run id {b.run['id']}")
-    except HfHubHTTPError as e:
-        raise hub_error(e, repo_id, "pushing to") from None
-    return {"repo_id": repo_id, "commit": commit.oid, "url": getattr(commit, "repo_url", None) or repo_id,
-            "created": created, "changed": commit.oid != head, "deleted": deletes,
-            "private": bool(getattr(info, "private", private))}
+    commit = _hub_call(repo_id, "pushing to", api.create_commit, repo_id, ops, commit_message=message,
+                       repo_type="dataset", parent_commit=head,
+                       commit_description=f"evolkit {__version__}, run id {b.run['id']}")
+    is_private = bool(getattr(info, "private", private))
+    note = ("the repo already existed and is public: --private only applies when creating it"
+            if private and not created and not is_private else None)
+    return {"repo_id": repo_id, "commit": commit.oid, "url": commit.commit_url,
+            "created": created, "changed": commit.oid != head, "deleted": deletes, "private": is_private, "note": note}
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -1087,6 +1113,7 @@ def load_hint(result: PublishResult) -> str:
                                              for r in result.repos]
     head = f"published {len(result.configs)} config(s) ({result.license} license) to {', '.join(where)}:"
     lines.insert(0, head)
+    lines.extend(f"note: {r['repo_id']}: {r['note']}" for r in result.repos if r.get("note"))
     lines.append("load them with:")
     lines.append("    from datasets import load_dataset")
     for target, configs in result.targets[:2]:
