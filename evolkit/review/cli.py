@@ -222,7 +222,7 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
         jh = rep["judge_vs_human"]
         t.add_row("judge vs resolved humans", str(jh["steps"]), fmt(jh["accuracy"]), fmt(jh["kappa"]), fmt(jh["kappa3"]))
         for u, d in rep["judge_vs_annotator"].items():
-            t.add_row(f"judge vs {u}", str(d["steps"]), "", "", fmt(d["kappa"]))
+            t.add_row(f"judge vs {u}", str(d["steps"]), fmt(d["agreement"]), fmt(d["kappa"]), fmt(d["kappa3"]))
         con.print(t)
         pc = jh["per_class"]
         fe = jh["first_error"]

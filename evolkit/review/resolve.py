@@ -263,12 +263,18 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
             "per_class": per_class([names[x] for x in bin_true], [names[x] for x in bin_pred], ["correct", "incorrect"]),
             "first_error": first_error_f1(fe_true, fe_pred),
         },
-        "judge_vs_annotator": {
-            u: {"steps": len(labs), "kappa": cohen_kappa(list(labs.values()), [by_item[i].suggestion["label"] for i in labs])}
-            for u, labs in sorted(per_user.items())
-        },
+        "judge_vs_annotator": {u: _prm_vs_model(labs, by_item, neutral_as) for u, labs in sorted(per_user.items())},
     }
     return {"prm": sorted(out_rows, key=lambda r: r["id"]), "prm_steps": step_rows, "report": report}
+
+
+def _prm_vs_model(labs: dict[str, str], by_item: dict[str, ReviewItem], neutral_as: str) -> dict[str, Any]:
+    human = list(labs.values())
+    judge = [by_item[i].suggestion["label"] for i in labs]
+    hb = [_to_bool(x, neutral_as) for x in human]
+    jb = [_to_bool(x, neutral_as) for x in judge]
+    return {"steps": len(human), "agreement": accuracy(hb, jb), "kappa": cohen_kappa(hb, jb),
+            "kappa3": cohen_kappa(human, judge)}
 
 
 def _prm_inter_annotator(per_user: dict[str, dict[str, str]], neutral_as: str) -> list[dict[str, Any]]:
@@ -307,9 +313,10 @@ def plot_agreement(report: dict[str, Any], kind: str, path: Any) -> str | None:
     colors = ["#4C72B0" if "judge" not in n else "#DD8452" for n, _ in bars]
     ax.bar(xs, vals, color=colors)
     for x, (_, v) in zip(xs, bars):
-        ax.text(x, (v or 0.0) + 0.02, "n/a" if v is None else f"{v:.2f}", ha="center", fontsize=8)
+        y = (v or 0.0) + (0.02 if (v or 0.0) >= 0 else -0.02)
+        ax.text(x, y, "n/a" if v is None else f"{v:.2f}", ha="center", va="bottom" if y >= 0 else "top", fontsize=8)
     ax.set_xticks(list(xs), [n for n, _ in bars], rotation=20, ha="right", fontsize=8)
-    ax.set_ylim(min(0.0, min(vals)) - 0.05, 1.1)
+    ax.set_ylim(min(0.0, min(vals)) - 0.12, 1.1)
     ax.axhline(0, color="black", linewidth=0.5)
     ax.set_ylabel("Cohen's kappa")
     ax.set_title(f"{kind.upper()} review agreement")
