@@ -1,3 +1,4 @@
 pytest_plugins = [
     "tests.plugins.hub",
+    "tests.plugins.argilla_server",
 ]
