@@ -541,7 +541,7 @@ def summary_items(summary: dict[str, Any]) -> list[dict[str, Any]]:
     Table columns nested deeper than one level are left out (``provenance.json`` has every figure)."""
     items = []
     for k, v in summary.items():
-        if k in ("plots",) or v is None or v == "":
+        if k in ("plots", "plot") or v is None or v == "":
             continue
         if isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
             cols = [c for c in dict.fromkeys(c for x in v for c in x) if all(_flat(x.get(c)) for x in v)]
@@ -559,8 +559,18 @@ def summary_items(summary: dict[str, Any]) -> list[dict[str, Any]]:
         elif isinstance(v, dict) and all(_is_scalar(x) for x in v.values()):
             items.append({"key": k, "kind": "scalar", "value": ", ".join(f"{a}: {_fmt(b)}" for a, b in v.items())})
         else:
-            items.append({"key": k, "kind": "scalar", "value": _short(_fmt(v), 300)})
+            items.append({"key": k, "kind": "scalar", "value": _short(_inline(v), 400)})
     return items
+
+
+def _inline(v: Any) -> str:
+    """A nested value on one line: ``a: 1, b: (c: 2, d: 3)``."""
+    if isinstance(v, dict):
+        return ", ".join(f"{a}: {'(' + _inline(b) + ')' if isinstance(b, (dict, list)) and b else _inline(b)}"
+                         for a, b in v.items()) or "-"
+    if isinstance(v, list):
+        return ", ".join(_inline(x) for x in v) or "-"
+    return _fmt(v)
 
 
 def _find_key(obj: Any, needle: str) -> list[tuple[str, Any]]:
@@ -609,6 +619,9 @@ def _review_stats(d: ConfigData) -> dict[str, Any]:
         human = sum(r.get("label_source") == "human" for r in rows)
         st["human_share"] = human / len(rows)
         st["human_rows"] = human
+        # PRM rows with some (not all) steps resolved by reviewers keep label_source model, labeller "<x>+human"
+        st["partial_rows"] = sum(r.get("label_source") != "human" and "+human" in str(r.get("labeller") or "")
+                                 for r in rows)
     # Reviewer agreement, over human-labelled rows (model rows' `agreement` is the judge's own consistency and
     # evol's is teacher self-consistency: neither is review agreement).
     ag = [r["agreement"] for r in rows if r.get("label_source") == "human" and isinstance(r.get("agreement"),
@@ -676,8 +689,9 @@ class Build:
 
 def _models(cfg: dict[str, Any], by: dict[str, ConfigData]) -> list[dict[str, Any]]:
     out = []
-    for role, key in (("main (solver, evolver)", "backend"), ("judge", "judge_backend"), ("second evolver",
-                                                                                          "evolver_backend")):
+    main_roles = ["solver", "evolver"] + [r for r, k in (("judge", "judge_backend"),) if not cfg.get(k)]
+    for role, key in ((f"main ({', '.join(main_roles)})", "backend"), ("judge", "judge_backend"),
+                      ("second evolver", "evolver_backend")):
         b = cfg.get(key)
         if b:
             out.append({"role": role, "kind": b.get("kind"), "model": b.get("model")})
@@ -795,7 +809,11 @@ def build(run_dir: str | os.PathLike[str], out_dir: Path, options: PublishOption
     decontam = [{"stage": n, "key": k, "enabled": not (isinstance(v, dict) and v.get("enabled") is False),
                  "entries": summary_items(v if isinstance(v, dict) else {k: v})}
                 for n, i in manifest.items() for k, v in _find_key(i.get("summary") or {}, "decontam")]
-    review_summary = summary_items((manifest.get("review") or {}).get("summary") or {})
+    rs = (manifest.get("review") or {}).get("summary") or {}
+    review_summary = ([{"kind": k, "entries": summary_items(v)} for k, v in rs.items() if isinstance(v, dict)]
+                      + ([{"kind": "", "entries": summary_items({k: v for k, v in rs.items()
+                                                                 if not isinstance(v, dict)})}]
+                         if any(not isinstance(v, dict) for v in rs.values()) else []))
     context = {
         "pretty_name": card_data.pretty_name, "repo_id": repo_id, "run": run, "cfg": cfg,
         "configs": [{"name": d.name, "description": d.spec.description, "format": d.spec.trl_format,

@@ -316,13 +316,24 @@ def test_reviewed_output_is_preferred_and_reported(run_copy, tmp_path):
     for i, r in enumerate(rows):
         if i % 2 == 0:
             r.update(label_source="human", labeller="human")
-    store.finish("review", {"prm": rows}, {"reviewed": len(rows) // 2 + len(rows) % 2, "annotators": 2})
+    rows[1].update(labeller=rows[1]["labeller"] + "+human")  # some steps reviewed
+    report = {  # the shape of evolkit.review.resolve's PRM report
+        "solutions": len(rows), "human_solutions": len(rows) // 2, "partial_solutions": 1,
+        "steps": {"human": 30, "model": 12}, "annotators": [{"a": "ann1", "b": "ann2", "steps": 30, "agreement": 0.9,
+                                                             "kappa3": 0.8}],
+        "judge_vs_human": {"steps": 30, "accuracy": 0.8, "per_class": {"correct": {"precision": 0.9}}},
+        "plot": "review/agreement_prm.png",
+    }
+    store.finish("review", {"prm": rows}, {"prm": report})
     res = publish_run(run_copy, local=tmp_path / "ds", **SPLIT)
     assert sum(res.configs["prm"].values()) == len(rows)
     text = DatasetCard.load(tmp_path / "ds" / "README.md").text
     human = sum(r["label_source"] == "human" for r in rows)
-    assert "A human review stage ran" in text and "**annotators**: 2" in text
-    assert f"| `prm` | {len(rows)} | `review/prm` | {100 * human / len(rows):.1f}% ({human} rows)" in text
+    assert "A human review stage ran" in text and "#### Review of `prm`" in text
+    assert "| ann1 | ann2 | 30 | 0.9 | 0.8 |" in text
+    assert "**judge_vs_human**: steps: 30, accuracy: 0.8, per_class: (correct: (precision: 0.9))" in text
+    assert (f"| `prm` | {len(rows)} | `review/prm` | {100 * human / len(rows):.1f}% ({human} rows; 1 more partly "
+            f"reviewed)") in text
     assert "expert-generated" in DatasetCard.load(tmp_path / "ds" / "README.md").data.annotations_creators
 
 
@@ -360,3 +371,22 @@ def test_cli_publish_default_target_and_errors(run_copy, tmp_path, capsys):
 
     assert main(["publish", str(tmp_path / "missing")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+
+
+def test_rows_are_validated_against_the_schema_files(fixture_run, tmp_path, monkeypatch):
+    from evolkit import publish
+    from evolkit.records import PUBLISHED, SCHEMA_DIR, json_schema
+
+    for config in PUBLISHED:  # the committed files are what `python -m evolkit.records` writes
+        assert json.loads((SCHEMA_DIR / f"{config}.schema.json").read_text()) == json.loads(
+            json.dumps(json_schema(config), sort_keys=True))
+    schemas = tmp_path / "schemas"
+    shutil.copytree(SCHEMA_DIR, schemas)
+    sft = json.loads((schemas / "sft.schema.json").read_text())
+    sft["properties"]["instruction"]["maxLength"] = 5
+    (schemas / "sft.schema.json").write_text(json.dumps(sft))
+    monkeypatch.setattr(publish, "SCHEMA_DIR", schemas)
+    with pytest.raises(publish.PublishError, match=r"(?s)config sft, row 1 .*field 'instruction': .* is too long.*"
+                                                   r"schemas/sft.schema.json differs from evolkit.records"):
+        publish.publish_run(fixture_run, local=tmp_path / "out", **SPLIT)
+    assert not (tmp_path / "out").exists()
