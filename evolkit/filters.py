@@ -224,24 +224,28 @@ class TextHasher:
         self._cache: dict[str, int] = {}
         self.max_cache = max_cache
 
-    def encode(self, texts: Sequence[str]) -> Encoded:
-        """Tokenise once: token hashes for n-grams / MinHash and the exact key of every text."""
+    def encode(self, texts: Sequence[str], chunk: int = 4096) -> Encoded:
+        """Tokenise once: token hashes for n-grams / MinHash and the exact key of every text. Works through the texts
+        in chunks so that only one chunk's token strings exist at a time."""
         cache = self._cache
-        toks_all: list[str] = []
         keys: list[bytes] = []
         lengths = np.empty(len(texts), dtype=np.int64)
+        parts: list[np.ndarray] = []
         findall = _WORD_RE.findall
         b2 = hashlib.blake2b
-        for i, t in enumerate(texts):
-            toks = findall(t.lower())
-            lengths[i] = len(toks)
-            toks_all.extend(toks)
-            keys.append(b2(" ".join(toks).encode(), digest_size=16).digest())
-        if len(cache) > self.max_cache:
-            cache.clear()
-        for tok in set(toks_all).difference(cache):
-            cache[tok] = int.from_bytes(b2(tok.encode(), digest_size=8).digest(), "little")
-        flat = np.fromiter(map(cache.__getitem__, toks_all), dtype=np.uint64, count=len(toks_all))
+        for lo in range(0, len(texts), chunk):
+            toks_all: list[str] = []
+            for i in range(lo, min(len(texts), lo + chunk)):
+                toks = findall(texts[i].lower())
+                lengths[i] = len(toks)
+                toks_all.extend(toks)
+                keys.append(b2(" ".join(toks).encode(), digest_size=16).digest())
+            if len(cache) > self.max_cache:
+                cache.clear()
+            for tok in set(toks_all).difference(cache):
+                cache[tok] = int.from_bytes(b2(tok.encode(), digest_size=8).digest(), "little")
+            parts.append(np.fromiter(map(cache.__getitem__, toks_all), dtype=np.uint64, count=len(toks_all)))
+        flat = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
         starts = np.zeros(len(texts), dtype=np.int64)
         if len(texts) > 1:
             np.cumsum(lengths[:-1], out=starts[1:])
@@ -269,6 +273,18 @@ class TextHasher:
         if exact_length:
             valid &= enc.lengths[owner] == n
         return _mix64(h[valid]), owner[valid], pos[valid]
+
+    @staticmethod
+    def subset(enc: Encoded, which: Sequence[int]) -> Encoded:
+        """The encoding of the texts ``which`` (in that order)."""
+        which = np.asarray(which, dtype=np.int64)
+        if len(which) == 0:
+            return Encoded(np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), [])
+        lengths = enc.lengths[which]
+        starts = np.zeros(len(which), dtype=np.int64)
+        np.cumsum(lengths[:-1], out=starts[1:])
+        idx = np.repeat(enc.starts[which] - starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
+        return Encoded(enc.flat[idx], lengths, starts, [enc.keys[i] for i in which.tolist()])
 
     @staticmethod
     def whole(tokens_hashes: Sequence[int]) -> int:
@@ -374,6 +390,15 @@ class MinHasher:
     def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         return self.signatures_encoded(self.hasher.encode(texts))
 
+    def set_sizes(self, enc: Encoded) -> np.ndarray:
+        """Number of distinct shingles of each text (for containment estimates)."""
+        hv, owner = self.shingle_hashes(enc)
+        if len(hv) == 0:
+            return np.zeros(len(enc), dtype=np.int64)
+        key = np.sort((owner.astype(np.uint64) << np.uint64(32)) | hv.astype(np.uint64))
+        uniq = key[np.concatenate([[True], key[1:] != key[:-1]])]
+        return np.bincount((uniq >> np.uint64(32)).astype(np.int64), minlength=len(enc))
+
 
 def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
     """(bands, rows) minimising false positives + false negatives at ``threshold`` (datasketch's optimiser)."""
@@ -393,15 +418,22 @@ def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
 
 
 class MinHashIndex:
-    """Banded LSH over MinHash signatures; items are integers 0..n-1 in insertion order."""
+    """Banded LSH over MinHash signatures, queried a whole batch at a time.
+
+    Items are integers 0..n-1 in insertion order. Each band's rows are folded into one 64-bit key; candidate pairs are
+    items sharing a key in any band, found by sorting keys (no per-item Python work). Every candidate pair is then
+    verified with its estimated Jaccard similarity (the share of equal signature values)."""
+
+    #: In a group of items sharing a band key, each item is paired with at most this many neighbours (sorted by id).
+    MAX_GROUP_PAIRS = 64
 
     def __init__(self, threshold: float, num_perm: int):
         self.threshold = threshold
         self.num_perm = num_perm
         self.bands, self.rows = lsh_params(threshold, num_perm)
-        self._tables: list[dict[int, list[int]]] = [{} for _ in range(self.bands)]
-        self._buf = np.zeros((1024, num_perm), dtype=np.uint32)
-        self._alive = np.ones(1024, dtype=bool)
+        self._sig = np.zeros((1024, num_perm), dtype=np.uint32)
+        self._keys = np.zeros((1024, self.bands), dtype=np.uint64)
+        self._alive = np.zeros(1024, dtype=bool)
         self.size = 0
 
     def band_keys(self, sigs: np.ndarray) -> np.ndarray:
@@ -413,79 +445,87 @@ class MinHashIndex:
             for c in range(bi * self.rows, (bi + 1) * self.rows):
                 k *= _MUL
                 k += sigs[:, c].astype(np.uint64)
-            keys[:, bi] = _mix64(k)
+            keys[:, bi] = _mix64(k + np.uint64(bi))
         return keys
 
     def _reserve(self, extra: int) -> None:
         need = self.size + extra
-        if need > len(self._buf):
-            cap = max(need, 2 * len(self._buf))
-            buf = np.zeros((cap, self.num_perm), dtype=np.uint32)
-            buf[: self.size] = self._buf[: self.size]
-            self._buf = buf
-            alive = np.ones(cap, dtype=bool)
-            alive[: self.size] = self._alive[: self.size]
-            self._alive = alive
-
-    def remove(self, ids: Iterable[int]) -> None:
-        """Forget items: they are never returned as matches again (their ids stay taken)."""
-        for i in ids:
-            self._alive[i] = False
+        if need > len(self._sig):
+            cap = max(need, 2 * len(self._sig))
+            for name in ("_sig", "_keys", "_alive"):
+                old = getattr(self, name)
+                new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
+                new[: self.size] = old[: self.size]
+                setattr(self, name, new)
 
     def add(self, sigs: np.ndarray, keys: np.ndarray | None = None, skip: np.ndarray | None = None) -> np.ndarray:
-        """Index a batch (items where ``skip`` is true get ids but no bands); returns their ids."""
+        """Index a batch (items where ``skip`` is true get ids but never match); returns their ids."""
         n = len(sigs)
         keys = self.band_keys(sigs) if keys is None else keys
         self._reserve(n)
-        self._buf[self.size : self.size + n] = sigs
-        ids = np.arange(self.size, self.size + n)
-        for j, row in enumerate(keys.tolist()):
-            if skip is not None and skip[j]:
-                continue
-            i = self.size + j
-            for t, k in zip(self._tables, row):
-                t.setdefault(k, []).append(i)
-        self.size += n
-        return ids
+        lo, hi = self.size, self.size + n
+        self._sig[lo:hi] = sigs
+        self._keys[lo:hi] = keys
+        self._alive[lo:hi] = True if skip is None else ~np.asarray(skip, dtype=bool)
+        self.size = hi
+        return np.arange(lo, hi)
 
-    def add_one(self, sig: np.ndarray, keyrow: list[int] | None) -> int:
-        """Index one signature (``keyrow`` None: give it an id but no bands)."""
-        self._reserve(1)
-        i = self.size
-        self._buf[i] = sig
-        if keyrow is not None:
-            for t, k in zip(self._tables, keyrow):
-                t.setdefault(k, []).append(i)
-        self.size += 1
-        return i
+    def remove(self, ids: Iterable[int]) -> None:
+        """Forget items: they are never returned as matches again (their ids stay taken)."""
+        ids = np.fromiter(ids, dtype=np.int64)
+        self._alive[ids] = False
 
     def signatures(self) -> np.ndarray:
-        return self._buf[: self.size]
+        return self._sig[: self.size]
 
-    def candidates(self, keyrow: list[int]) -> set[int]:
-        out: set[int] = set()
-        for t, k in zip(self._tables, keyrow):
-            hit = t.get(k)
-            if hit:
-                out.update(hit)
+    def alive(self) -> np.ndarray:
+        return self._alive[: self.size]
+
+    def candidate_pairs(self, keys: np.ndarray, within: bool = False,
+                        live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Pairs ``(i, j)``: ``i`` an indexed item (or, with ``within``, an earlier query item, numbered ``size +
+        position``), ``j`` the position of a query item, sharing a band key. Each pair is listed once. ``live`` masks
+        query items that take part (default all)."""
+        nq = len(keys)
+        n = self.size
+        if nq == 0 or (n == 0 and not within):
+            e = np.empty(0, dtype=np.int64)
+            return e, e
+        q_ids = np.arange(n, n + nq, dtype=np.int64)
+        if live is not None:
+            q_ids = q_ids[live]
+            keys = keys[live]
+        idx_ids = np.nonzero(self.alive())[0]
+        out: list[np.ndarray] = []
+        for b in range(self.bands):
+            k = np.concatenate([self._keys[idx_ids, b], keys[:, b]])
+            ids = np.concatenate([idx_ids, q_ids])
+            order = np.lexsort((ids, k))
+            sk, sid = k[order], ids[order]
+            for d in range(1, self.MAX_GROUP_PAIRS + 1):
+                if d >= len(sk):
+                    break
+                same = sk[d:] == sk[:-d]
+                if not same.any():
+                    break
+                a, c = sid[:-d][same], sid[d:][same]  # a < c: ids ascend within a key group
+                sel = c >= n if within else (c >= n) & (a < n)
+                if sel.any():
+                    out.append(a[sel] * (n + nq) + c[sel])
+        if not out:
+            e = np.empty(0, dtype=np.int64)
+            return e, e
+        codes = np.sort(np.concatenate(out))
+        codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])]
+        return codes // (n + nq), codes % (n + nq) - n
+
+    @staticmethod
+    def jaccard(sig_a: np.ndarray, sig_b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+        """Row-wise estimated Jaccard similarity of two equally long stacks of signatures."""
+        out = np.empty(len(sig_a))
+        for s in range(0, len(sig_a), chunk):
+            out[s : s + chunk] = (sig_a[s : s + chunk] == sig_b[s : s + chunk]).mean(axis=1)
         return out
-
-    def best(self, sig: np.ndarray, keyrow: list[int]) -> tuple[int, float] | None:
-        """The most similar indexed item whose estimated Jaccard is >= threshold (lowest id on ties), or None."""
-        cand = self.candidates(keyrow)
-        if not cand:
-            return None
-        ids = np.fromiter(sorted(cand), dtype=np.int64, count=len(cand))
-        ids = ids[self._alive[ids]]
-        if len(ids) == 0:
-            return None
-        sims = (self._buf[ids] == sig[None, :]).mean(axis=1)
-        ok = sims >= self.threshold
-        if not ok.any():
-            return None
-        best_sim = sims[ok].max()
-        best_id = int(ids[ok][sims[ok] == best_sim].min())
-        return best_id, float(best_sim)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -506,8 +546,10 @@ class Deduper:
     """Exact (normalised text) and near-duplicate (MinHash LSH) dedup over a pool that grows batch by batch.
 
     ``add(keys, texts)`` puts items in the pool unchecked (e.g. the seeds); ``check(keys, texts)`` goes through a batch
-    in order, returns a :class:`DupMatch` for each item that duplicates an earlier pool or batch item (None for the
-    others) and adds the others to the pool. The first item seen is always the one kept."""
+    in order, returns a :class:`DupMatch` for each item that duplicates a kept pool item or an earlier kept item of the
+    batch (None for the others) and adds the others to the pool: the first item seen is always the one kept. A near
+    duplicate has an estimated Jaccard similarity (word shingles) of at least ``near_threshold`` with the kept item;
+    when several kept items qualify, the most similar one is named. ``remove(keys)`` takes kept items out again."""
 
     def __init__(self, near_threshold: float | None = 0.85, num_perm: int = 128, shingle: int = 3, seed: int = 1,
                  minhasher: MinHasher | None = None):
@@ -519,7 +561,7 @@ class Deduper:
         self.index = MinHashIndex(near_threshold, self.minhasher.num_perm) if near_threshold else None
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return len(self._pos)
 
     def add(self, keys: Sequence[str], texts: Sequence[str]) -> None:
         enc = self.minhasher.hasher.encode(texts)
@@ -531,29 +573,67 @@ class Deduper:
             sigs, empty = self.minhasher.signatures_encoded(enc)
             self.index.add(sigs, skip=empty)
 
-    def check(self, keys: Sequence[str], texts: Sequence[str]) -> list[DupMatch | None]:
+    def check(self, keys: Sequence[str], texts: Sequence[str], encoded: Encoded | None = None,
+              chunk: int = 16384) -> list[DupMatch | None]:
+        """``encoded``: the texts already encoded by a :class:`TextHasher` (saves tokenising them twice). Large batches
+        go in chunks (same result: each chunk joins the pool before the next is checked; bounded memory)."""
+        enc = encoded if encoded is not None else self.minhasher.hasher.encode(texts)
         out: list[DupMatch | None] = []
-        enc = self.minhasher.hasher.encode(texts)
-        sigs = empty = bandkeys = None
-        if self.index is not None:
-            sigs, empty = self.minhasher.signatures_encoded(enc)
-            bandkeys = self.index.band_keys(sigs).tolist()
-        for i, (k, tk) in enumerate(zip(keys, enc.keys)):
+        for lo in range(0, len(keys), chunk):
+            hi = min(len(keys), lo + chunk)
+            part = enc if (lo, hi) == (0, len(keys)) else TextHasher.subset(enc, range(lo, hi))
+            out.extend(self._check(list(keys[lo:hi]), part))
+        return out
+
+    def _check(self, keys: list[str], enc: Encoded) -> list[DupMatch | None]:
+        n = len(keys)
+        out: list[DupMatch | None] = [None] * n
+        seen: dict[bytes, int] = {}
+        for j, tk in enumerate(enc.keys):  # exact: against the pool, then earlier items of the batch
             prev = self.exact.get(tk)
             if prev is not None:
-                out.append(DupMatch("exact", prev, 1.0))
-                continue
-            if self.index is not None and not empty[i]:
-                hit = self.index.best(sigs[i], bandkeys[i])
-                if hit is not None:
-                    out.append(DupMatch("near", self.keys[hit[0]], round(hit[1], 4)))
-                    continue
-            self.exact[tk] = k
-            self._pos[k] = (len(self.keys), tk)
+                out[j] = DupMatch("exact", prev, 1.0)
+            elif tk in seen:
+                out[j] = DupMatch("exact", keys[seen[tk]], 1.0)
+            else:
+                seen[tk] = j
+        if self.index is not None:
+            base = self.index.size
+            sigs, empty = self.minhasher.signatures_encoded(enc)
+            bkeys = self.index.band_keys(sigs)
+            live = ~empty & np.array([m is None for m in out], dtype=bool)
+            a, c = self.index.candidate_pairs(bkeys, within=True, live=live)
+            if len(a):
+                allsig_a = np.where((a < base)[:, None], self.index._sig[np.minimum(a, max(base - 1, 0))],
+                                    sigs[np.maximum(a - base, 0)])
+                sim = MinHashIndex.jaccard(allsig_a, sigs[c])
+                ok = sim >= self.near_threshold
+                a, c, sim = a[ok], c[ok], sim[ok]
+                order = np.lexsort((a, c))
+                kept = live.copy()
+                cur_j, best = -1, None
+                # Pairs sorted by query item: an item is a duplicate if an earlier item it resembles is still kept.
+                for ai, cj, si in zip(a[order].tolist(), c[order].tolist(), sim[order].tolist()):
+                    if cj != cur_j:
+                        if best is not None:
+                            kept[cur_j] = False
+                            out[cur_j] = DupMatch("near", best[0], round(best[1], 4))
+                        cur_j, best = cj, None
+                    if not kept[cj]:
+                        continue
+                    holder = self.keys[ai] if ai < base else (keys[ai - base] if kept[ai - base] else None)
+                    if holder is not None and (best is None or si > best[1]):
+                        best = (holder, si)
+                if best is not None:
+                    out[cur_j] = DupMatch("near", best[0], round(best[1], 4))
+            skip = empty | np.array([m is not None for m in out], dtype=bool)
+            self.index.add(sigs, bkeys, skip=skip)
+        for j, (k, tk) in enumerate(zip(keys, enc.keys)):
+            pos = len(self.keys)
             self.keys.append(k)
-            if self.index is not None:
-                self.index.add_one(sigs[i], None if empty[i] else bandkeys[i])
-            out.append(None)
+            if out[j] is None:
+                self.exact[tk] = k
+                self._pos[k] = (pos, tk)
         return out
 
     def remove(self, keys: Iterable[str]) -> None:
@@ -574,11 +654,19 @@ class Deduper:
 # Decontamination
 # --------------------------------------------------------------------------------------------------------------------
 
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def _numbers(text: str) -> set[str]:
+    """The numbers written in a text (a near-copy of a test problem keeps them; a sibling with other numbers does not)."""
+    return set(_NUMBER_RE.findall(text))
+
+
 TEXT_FIELDS = ("question", "problem", "prompt", "instruction", "text")
 
 
 @dataclass(frozen=True)
-class TestItem:
+class BenchmarkItem:
     id: str
     file: str
     text: str
@@ -587,7 +675,8 @@ class TestItem:
 @dataclass(frozen=True)
 class Match:
     """A contamination hit: ``kind`` exact | ngram | near; ``score`` is the number of shared n-grams (ngram) or the
-    estimated Jaccard similarity (near, exact = 1.0); ``evidence`` the first shared n-gram or a short note."""
+    estimated containment of the test problem in the text (near; exact = 1.0); ``evidence`` the first shared n-gram
+    or a short note."""
 
     kind: str
     test_id: str
@@ -601,12 +690,12 @@ class Match:
                 "score": self.score, "evidence": self.evidence}
 
 
-def load_test_items(paths: Iterable[str | Path], fields: Sequence[str] = TEXT_FIELDS) -> list[TestItem]:
+def load_test_items(paths: Iterable[str | Path], fields: Sequence[str] = TEXT_FIELDS) -> list[BenchmarkItem]:
     """Problems of benchmark test files (.jsonl / .json / .parquet): the first of ``fields`` each row has."""
-    from .seeds import expand_path, read_rows
     from .errors import DataError
+    from .seeds import expand_path, read_rows
 
-    items: list[TestItem] = []
+    items: list[BenchmarkItem] = []
     for p in paths:
         path = expand_path(str(p))
         for line, row in read_rows(path):
@@ -614,8 +703,18 @@ def load_test_items(paths: Iterable[str | Path], fields: Sequence[str] = TEXT_FI
             if f is None:
                 raise DataError(f"{path}:{line}: no text field (looked for {', '.join(fields)})")
             rid = row.get("unique_id") or row.get("id") or f"{path.stem}:{line}"
-            items.append(TestItem(str(rid), path.name, row[f].strip()))
+            items.append(BenchmarkItem(str(rid), path.name, row[f].strip()))
     return items
+
+
+def _lookup(table: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mask of h found in the sorted table, index into the table for the found ones)."""
+    if len(table) == 0 or len(h) == 0:
+        return np.zeros(len(h), dtype=bool), np.empty(0, dtype=np.int64)
+    idx = np.searchsorted(table, h)
+    idx[idx >= len(table)] = 0
+    hit = table[idx] == h
+    return hit, idx[hit]
 
 
 class Decontaminator:
@@ -623,58 +722,72 @@ class Decontaminator:
 
     A candidate matches a test problem when (checked in this order) their normalised texts are equal (``exact``); they
     share at least ``min_shared`` word ``ngram``-grams, or the candidate contains the whole token sequence of a test
-    problem shorter than ``ngram`` but at least ``min_tokens`` long (``ngram``); or the MinHash-estimated Jaccard
-    similarity of their word-shingle sets is at least ``near_threshold`` (``near``; None turns it off). n-grams found in
-    ``ignore_common`` or more distinct test problems are boilerplate ("Express your answer as a common fraction ...")
-    and do not count (0 keeps them all)."""
+    problem shorter than ``ngram`` but at least ``min_tokens`` long (``ngram``); or the test problem is nearly
+    contained in the candidate (``near``): at least ``near_threshold`` of its word-shingle set appears in the
+    candidate's, estimated from MinHash (``J (|T| + |C|) / ((1 + J) |T|)``, J the estimated Jaccard similarity) for the
+    pairs that banded LSH proposes at Jaccard ``candidate_jaccard`` or more, and every number written in the test
+    problem appears in the candidate too (so siblings with other numbers, common in MATH, do not count). None turns the
+    near check off. Containment rather than Jaccard, so that text added around a copied test problem does not hide it.
+    n-grams found in ``ignore_common`` or more distinct test problems are boilerplate ("Express your answer as a common
+    fraction ...") and do not count (0 keeps them all)."""
 
-    def __init__(self, items: Sequence[TestItem], ngram: int = 13, min_shared: int = 1, min_tokens: int = 8,
-                 near_threshold: float | None = 0.8, num_perm: int = 128, shingle: int = 3, ignore_common: int = 3,
-                 seed: int = 1):
+    def __init__(self, items: Sequence[BenchmarkItem], ngram: int = 13, min_shared: int = 1, min_tokens: int = 8,
+                 near_threshold: float | None = 0.7, num_perm: int = 128, shingle: int = 3, ignore_common: int = 3,
+                 seed: int = 1, candidate_jaccard: float = 0.5):
         self.items = list(items)
         self.ngram = ngram
         self.min_shared = max(1, min_shared)
-        self.min_tokens = min_tokens
+        self.min_tokens = min(min_tokens, ngram)
         self.ignore_common = ignore_common
         self.hasher = TextHasher()
         enc = self.hasher.encode([it.text for it in self.items])
         self.exact: dict[bytes, int] = {}
         for i, k in enumerate(enc.keys):
             self.exact.setdefault(k, i)
-        # n-gram table: sorted unique hashes -> a test item holding them.
-        self._tables: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         h, owner, _ = TextHasher.ngrams(enc, ngram)
-        self._tables[ngram] = self._table(h, owner)
-        short_lengths = sorted({int(x) for x in enc.lengths if min_tokens <= x < ngram})
-        for n in short_lengths:
-            h, owner, _ = TextHasher.ngrams(enc, n, exact_length=True)
-            self._tables[n] = self._table(h, owner, common_ok=True)
+        self._grams, self._gram_owner = self._table(h, owner, drop_common=True)
+        # Short test problems (min_tokens <= length < ngram): indexed by their first min_tokens tokens, verified whole.
+        short = np.nonzero((enc.lengths >= self.min_tokens) & (enc.lengths < ngram))[0]
+        self._short_tokens = {int(i): enc.flat[enc.starts[i] : enc.starts[i] + enc.lengths[i]] for i in short}
+        sub = Encoded(np.concatenate([self._short_tokens[int(i)][: self.min_tokens] for i in short])
+                      if len(short) else np.empty(0, dtype=np.uint64),
+                      np.full(len(short), self.min_tokens, dtype=np.int64),
+                      np.arange(len(short), dtype=np.int64) * self.min_tokens, [])
+        sh, sown, _ = TextHasher.ngrams(sub, self.min_tokens)
+        self._prefix, self._prefix_owner = self._table(sh, short[sown], drop_common=False, keep_all=True)
         self.near_threshold = near_threshold
         self.minhasher = MinHasher(num_perm=num_perm, seed=seed, shingle=shingle, hasher=self.hasher)
         self.index: MinHashIndex | None = None
+        self._sizes = np.zeros(0, dtype=np.int64)
+        self._numbers = [_numbers(it.text) for it in self.items]
         if near_threshold:
-            self.index = MinHashIndex(near_threshold, num_perm)
+            self.index = MinHashIndex(min(candidate_jaccard, near_threshold), num_perm)
             sigs, empty = self.minhasher.signatures_encoded(enc)
             self.index.add(sigs, skip=empty)
+            self._sizes = self.minhasher.set_sizes(enc)
 
     @classmethod
     def from_files(cls, paths: Iterable[str | Path], fields: Sequence[str] = TEXT_FIELDS, **kw: Any) -> Decontaminator:
         return cls(load_test_items(paths, fields), **kw)
 
-    def _table(self, h: np.ndarray, owner: np.ndarray, common_ok: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def _table(self, h: np.ndarray, owner: np.ndarray, drop_common: bool, keep_all: bool = False
+               ) -> tuple[np.ndarray, np.ndarray]:
+        """Sorted hashes and an owner per entry: one entry per distinct hash (``keep_all``: per (hash, owner))."""
         if len(h) == 0:
             return np.empty(0, dtype=np.uint64), np.empty(0, dtype=np.int64)
         order = np.lexsort((owner, h))
         h, owner = h[order], owner[order]
         new = np.ones(len(h), dtype=bool)
         new[1:] = (h[1:] != h[:-1]) | (owner[1:] != owner[:-1])
-        h, owner = h[new], owner[new]  # one entry per (n-gram, test item)
+        h, owner = h[new], owner[new].astype(np.int64)  # one entry per (n-gram, test item)
+        if keep_all:
+            return h, owner
         first = np.ones(len(h), dtype=bool)
         first[1:] = h[1:] != h[:-1]
         starts = np.nonzero(first)[0]
-        uh, own = h[starts], owner[starts].astype(np.int64)
         counts = np.diff(np.append(starts, len(h)))
-        if self.ignore_common and not common_ok:
+        uh, own = h[starts], owner[starts]
+        if drop_common and self.ignore_common:
             keep = counts < self.ignore_common
             uh, own = uh[keep], own[keep]
         return uh, own
@@ -682,50 +795,86 @@ class Decontaminator:
     def __len__(self) -> int:
         return len(self.items)
 
+    def _set_sizes(self, enc: Encoded, which: np.ndarray) -> np.ndarray:
+        """Distinct shingle counts of the texts ``which`` (zeros elsewhere)."""
+        sizes = np.zeros(len(enc), dtype=np.int64)
+        sizes[which] = self.minhasher.set_sizes(TextHasher.subset(enc, which))
+        return sizes
+
     def match(self, text: str) -> Match | None:
         return self.match_many([text])[0]
 
-    def match_many(self, texts: Sequence[str]) -> list[Match | None]:
+    def _match(self, kind: str, j: int, score: float, evidence: str) -> Match:
+        it = self.items[j]
+        return Match(kind, it.id, it.file, it.text, score, evidence)
+
+    def match_many(self, texts: Sequence[str], encoded: Encoded | None = None, chunk: int = 16384
+                   ) -> list[Match | None]:
+        """Matches of each text (None: clean). ``encoded``: the texts already encoded by a :class:`TextHasher`.
+        Large batches go in chunks (bounded memory)."""
+        enc = encoded if encoded is not None else self.hasher.encode(texts)
+        out: list[Match | None] = []
+        for lo in range(0, len(texts), chunk):
+            hi = min(len(texts), lo + chunk)
+            part = enc if (lo, hi) == (0, len(texts)) else TextHasher.subset(enc, range(lo, hi))
+            out.extend(self._match_many(texts[lo:hi], part))
+        return out
+
+    def _match_many(self, texts: Sequence[str], enc: Encoded) -> list[Match | None]:
         out: list[Match | None] = [None] * len(texts)
-        enc = self.hasher.encode(texts)
         for i, k in enumerate(enc.keys):
             j = self.exact.get(k)
             if j is not None:
-                it = self.items[j]
-                out[i] = Match("exact", it.id, it.file, it.text, 1.0, "same normalised text")
-        for n, (table, own) in sorted(self._tables.items(), key=lambda kv: -kv[0]):
-            if len(table) == 0:
-                continue
-            h, owner, pos = TextHasher.ngrams(enc, n)
-            if len(h) == 0:
-                continue
-            idx = np.searchsorted(table, h)
-            idx[idx >= len(table)] = 0
-            hit = table[idx] == h
-            if not hit.any():
-                continue
-            hit_owner, hit_h, hit_idx, hit_pos = owner[hit], h[hit], idx[hit], pos[hit]
-            for i in np.unique(hit_owner).tolist():
+                out[i] = self._match("exact", j, 1.0, "same normalised text")
+        # Shared n-grams: one vectorised lookup, then one Python step per matching text.
+        h, owner, pos = TextHasher.ngrams(enc, self.ngram)
+        hit, tidx = _lookup(self._grams, h)
+        if hit.any():
+            ho, hh, hp, ht = owner[hit], h[hit], pos[hit], self._gram_owner[tidx]
+            order = np.lexsort((hh, ho))
+            so, sh = ho[order], hh[order]
+            distinct = np.ones(len(so), dtype=bool)
+            distinct[1:] = (so[1:] != so[:-1]) | (sh[1:] != sh[:-1])
+            shared = np.bincount(so[distinct], minlength=len(texts))
+            texts_hit, first = np.unique(ho, return_index=True)  # hits are in text order, positions ascending
+            for i, f in zip(texts_hit.tolist(), first.tolist()):
+                if out[i] is not None or shared[i] < self.min_shared:
+                    continue
+                start = int(hp[f] - enc.starts[i])
+                evidence = " ".join(tokenize(texts[i])[start : start + self.ngram])
+                out[i] = self._match("ngram", int(ht[f]), float(shared[i]), evidence)
+        # Whole short test problems inside the text.
+        if len(self._prefix):
+            h, owner, pos = TextHasher.ngrams(enc, self.min_tokens)
+            hit, _ = _lookup(self._prefix, h)
+            for k in np.nonzero(hit)[0].tolist():
+                i = int(owner[k])
                 if out[i] is not None:
                     continue
-                sel = np.nonzero(hit_owner == i)[0]
-                shared = len(np.unique(hit_h[sel]))
-                if n == self.ngram and shared < self.min_shared:
-                    continue
-                first = int(sel[0])
-                it = self.items[int(own[hit_idx[first]])]
-                start = int(hit_pos[first] - enc.starts[i])
-                evidence = " ".join(tokenize(texts[i])[start : start + n])
-                out[i] = Match("ngram", it.id, it.file, it.text, float(shared), evidence)
+                lo = np.searchsorted(self._prefix, h[k], side="left")
+                hi = np.searchsorted(self._prefix, h[k], side="right")
+                p, end = int(pos[k]), int(enc.starts[i] + enc.lengths[i])
+                for j in self._prefix_owner[lo:hi].tolist():
+                    toks = self._short_tokens[j]
+                    if p + len(toks) <= end and np.array_equal(enc.flat[p : p + len(toks)], toks):
+                        start = p - int(enc.starts[i])
+                        evidence = " ".join(tokenize(texts[i])[start : start + len(toks)])
+                        out[i] = self._match("ngram", j, 1.0, evidence)
+                        break
         if self.index is not None:
             sigs, empty = self.minhasher.signatures_encoded(enc)
-            rest = [i for i in range(len(texts)) if out[i] is None and not empty[i]]
-            if rest:
-                keys = self.index.band_keys(sigs[rest]).tolist()
-                for r, i in enumerate(rest):
-                    hit2 = self.index.best(sigs[i], keys[r])
-                    if hit2 is not None:
-                        it = self.items[hit2[0]]
-                        out[i] = Match("near", it.id, it.file, it.text, round(hit2[1], 4),
-                                       f"estimated jaccard {hit2[1]:.2f}")
+            live = ~empty & np.array([m is None for m in out], dtype=bool)
+            a, c = self.index.candidate_pairs(self.index.band_keys(sigs), live=live)
+            if len(a):
+                jac = MinHashIndex.jaccard(self.index.signatures()[a], sigs[c])
+                sizes = self._set_sizes(enc, np.unique(c))
+                t_size = self._sizes[a].astype(float)
+                cont = np.minimum(1.0, jac * (t_size + sizes[c]) / ((1.0 + jac) * np.maximum(t_size, 1.0)))
+                ok = np.nonzero(cont >= self.near_threshold)[0]
+                ok = ok[np.lexsort((-cont[ok], c[ok]))]  # by text, most contained first
+                for k in ok.tolist():
+                    i, j = int(c[k]), int(a[k])
+                    if out[i] is None and self._numbers[j] <= _numbers(texts[i]):
+                        out[i] = self._match("near", j, round(float(cont[k]), 4),
+                                             f"estimated containment {cont[k]:.2f} (jaccard {jac[k]:.2f})")
         return out

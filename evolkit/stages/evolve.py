@@ -169,7 +169,9 @@ class DecontamConfig(BaseModel):
     min_tokens: int = Field(8, ge=1)
     #: n-grams found in this many distinct test problems are boilerplate and ignored (0: keep all).
     ignore_common: int = Field(3, ge=0)
-    near_threshold: float | None = Field(0.8, gt=0, le=1)
+    #: Near copies: estimated share of a test problem's word 3-grams found in the candidate (containment; needs the
+    #: test problem's numbers to appear too); null turns the near check off.
+    near_threshold: float | None = Field(0.7, gt=0, le=1)
     num_perm: int = Field(128, ge=16, le=1024)
     #: Also count (not remove) the seeds that match a test problem.
     check_seeds: bool = True
@@ -470,20 +472,24 @@ class Engine:
                 self._eliminate(c, bad[0], bad[1], stats, text, model=row.get("model"))
                 continue
             survivors.append((c, text, row))
-        # Decontamination, then dedup against the pool (earlier rounds and earlier children of this round).
+        # Decontamination, then dedup against the pool (earlier rounds and earlier children of this round); the texts
+        # are tokenised and hashed once for both.
+        enc = self.deduper.minhasher.hasher.encode([t for _, t, _ in survivors])
         if self.decontam is not None and survivors:
-            hits = self.decontam.match_many([t for _, t, _ in survivors])
-            rest = []
-            for (c, t, row), m in zip(survivors, hits):
+            hits = self.decontam.match_many([t for _, t, _ in survivors], encoded=enc)
+            rest, idx = [], []
+            for k, ((c, t, row), m) in enumerate(zip(survivors, hits)):
                 if m is None:
                     rest.append((c, t, row))
+                    idx.append(k)
                 else:
                     stats.count(stats.contaminated, m.kind)
                     self._eliminate(c, "contaminated", f"{m.kind} match with test problem {m.test_id} ({m.test_file})",
                                     stats, t, m.as_dict(), row.get("model"))
             survivors = rest
+            enc = filters.TextHasher.subset(enc, idx)
         if survivors:
-            dups = self.deduper.check([c.id for c, _, _ in survivors], [t for _, t, _ in survivors])
+            dups = self.deduper.check([c.id for c, _, _ in survivors], [t for _, t, _ in survivors], encoded=enc)
             rest = []
             for (c, t, row), d in zip(survivors, dups):
                 if d is None:
