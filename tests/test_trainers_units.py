@@ -1,0 +1,292 @@
+"""Trainer internals without models: reward arithmetic, PPO math, data expansion, argument parsing, model cards."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+
+from trainers import common, data, ppo_core, rewards  # noqa: E402
+
+CONFIGS = Path(__file__).resolve().parent.parent / "trainers" / "configs"
+
+# ------------------------------------------------------------------------------------------------ reward r = rI x rA
+
+
+def test_reward_arithmetic_on_fixed_scores():
+    # r_I = sigmoid(IRM score)
+    assert rewards.instruction_reward(0.0) == 0.5
+    assert rewards.instruction_reward(0.5) == pytest.approx(1 / (1 + math.exp(-0.5)))  # 0.622459
+    assert rewards.instruction_reward(-2.0) == pytest.approx(0.11920292202)
+    assert rewards.instruction_reward(-800.0) == pytest.approx(0.0)  # no overflow
+    # r_A = min or product of the PRM's step probabilities
+    steps = [0.9, 0.8, 0.5]
+    assert rewards.answer_reward(steps, "min") == 0.5
+    assert rewards.answer_reward(steps, "prod") == pytest.approx(0.36)
+    assert rewards.answer_reward([], "min") == 0.0
+    assert rewards.answer_reward([], "prod", empty=0.25) == 0.25
+    with pytest.raises(ValueError):
+        rewards.answer_reward(steps, "mean")
+    # r = r_I * r_A
+    assert rewards.rleif_reward(rewards.instruction_reward(0.5), rewards.answer_reward(steps, "min")) == pytest.approx(
+        0.6224593312 * 0.5)
+    assert rewards.rleif_reward(rewards.instruction_reward(0.5), rewards.answer_reward(steps, "prod")) == (
+        pytest.approx(0.6224593312 * 0.36))
+
+
+class StubIRM:
+    def __init__(self, table):
+        self.table, self.calls = table, []
+
+    def scores(self, texts):
+        self.calls.append(list(texts))
+        return [self.table[t] for t in texts]
+
+
+class StubPRM:
+    def __init__(self, table):
+        self.table, self.problems = table, []
+
+    def step_probabilities(self, problems, solutions):
+        self.problems += list(problems)
+        return [self.table[s] for s in solutions]
+
+
+def test_rleif_reward_callable_multiplies_per_completion():
+    irm = StubIRM({"q1": 0.0, "q2": 2.0})
+    prm = StubPRM({"A": [0.9, 0.6], "B": [0.5], "C": []})
+    fn = rewards.RLEIFReward(irm, prm, aggregation="min")
+    assert fn.__name__ == "rleif_reward"
+    logged = {}
+    out = fn(prompts=["p1", "p1", "p2", "p2"], completions=["A", "B", "A", "C"], instruction=["q1", "q1", "q2", "q2"],
+             gold_answer=["1", "1", "2", "2"], log_metric=lambda k, v: logged.__setitem__(k, v))
+    s2 = 1 / (1 + math.exp(-2.0))  # 0.880797
+    assert out == pytest.approx([0.5 * 0.6, 0.5 * 0.5, s2 * 0.6, s2 * 0.0])
+    assert prm.problems == ["q1", "q1", "q2", "q2"]  # the PRM sees the instruction as the problem
+    assert logged["rleif/r_I"] == pytest.approx((0.5 + 0.5 + s2 + s2) / 4)
+    assert logged["rleif/r_A"] == pytest.approx((0.6 + 0.5 + 0.6 + 0.0) / 4)
+    # r_I is cached per instruction: the IRM is asked once per distinct instruction
+    fn(prompts=["p1"], completions=["B"], instruction=["q1"])
+    assert sorted(t for call in irm.calls for t in call) == ["q1", "q2"]
+    # product aggregation
+    fn2 = rewards.RLEIFReward(StubIRM({"q2": 2.0}), StubPRM({"A": [0.9, 0.6]}), aggregation="prod")
+    assert fn2(["p"], ["A"], instruction=["q2"]) == pytest.approx([s2 * 0.54])
+
+
+def test_rleif_reward_reads_instruction_from_alpaca_prompt_and_handles_missing_models():
+    from evolkit import prompts
+
+    prompt = prompts.wizardmath_template("default").replace("{instruction}", "What is 2 + 3?")
+    assert data.instruction_from_prompt(prompt) == "What is 2 + 3?"
+    irm = StubIRM({"What is 2 + 3?": 1.0})
+    fn = rewards.RLEIFReward(irm, None)
+    assert fn([prompt], [[{"role": "assistant", "content": "5"}]]) == pytest.approx([1 / (1 + math.exp(-1.0))])
+    prm = StubPRM({"5": [0.7]})
+    fn = rewards.RLEIFReward(None, prm, prm_input="prompt")
+    assert fn([prompt], ["5"]) == pytest.approx([0.7])
+    assert prm.problems == [prompt]
+    with pytest.raises(ValueError):
+        rewards.RLEIFReward(aggregation="max")
+
+
+# ------------------------------------------------------------------------------------------------------- PPO math
+
+
+def test_gae_matches_hand_computation():
+    rewards_ = torch.tensor([[0.0, 0.0, 1.0], [0.5, 0.0, 0.0]])
+    values = torch.tensor([[0.5, 0.6, 0.7], [0.2, 0.3, 9.0]])  # row 2: last token is padding (value ignored)
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    adv, ret = ppo_core.gae(rewards_, values, mask, gamma=1.0, lam=0.95)
+    # row 1: delta = [0.1, 0.1, 0.3]; A2 = 0.3, A1 = 0.1 + 0.95*0.3 = 0.385, A0 = 0.1 + 0.95*0.385 = 0.46575
+    assert adv[0].tolist() == pytest.approx([0.46575, 0.385, 0.3])
+    assert ret[0].tolist() == pytest.approx([0.96575, 0.985, 1.0])
+    # row 2: episode ends at t=1 (V_2 := 0): delta1 = 0 - 0.3 = -0.3, delta0 = 0.5 + 0.3 - 0.2 = 0.6
+    assert adv[1].tolist() == pytest.approx([0.6 + 0.95 * -0.3, -0.3, 0.0])
+    assert ret[1].tolist() == pytest.approx([0.6 + 0.95 * -0.3 + 0.2, 0.0, 0.0])
+    # gamma < 1
+    adv, _ = ppo_core.gae(torch.tensor([[0.0, 1.0]]), torch.tensor([[0.0, 0.0]]), torch.tensor([[1, 1]]), 0.9, 0.5)
+    assert adv[0].tolist() == pytest.approx([0.45, 1.0])  # A0 = 0 + 0.9*0 - 0 + 0.9*0.5*1
+
+
+def test_clipped_policy_loss_matches_hand_computation():
+    old = torch.zeros(1, 4)
+    new = torch.log(torch.tensor([[1.0, 1.5, 0.5, 0.7]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, 3.0]])
+    mask = torch.tensor([[1, 1, 1, 0]])  # the last token is padding
+    loss, st = ppo_core.policy_loss(new, old, adv, mask, cliprange=0.2)
+    # per token max(-A r, -A clip(r)): [max(-1,-1), max(-1.5,-1.2), max(0.5,0.8)] = [-1, -1.2, 0.8]
+    assert loss.item() == pytest.approx((-1.0 - 1.2 + 0.8) / 3)
+    assert st["clipfrac"].item() == pytest.approx(2 / 3)
+    assert st["ratio"].item() == pytest.approx((1.0 + 1.5 + 0.5) / 3)
+    logr = torch.log(torch.tensor([1.0, 1.5, 0.5]))
+    assert st["approxkl"].item() == pytest.approx(0.5 * (logr**2).mean().item())
+    # unclipped region: gradient flows through the ratio
+    new2 = torch.zeros(1, 2, requires_grad=True)
+    loss2, st2 = ppo_core.policy_loss(new2, torch.zeros(1, 2), torch.tensor([[2.0, -1.0]]), torch.ones(1, 2), 0.2)
+    loss2.backward()
+    assert new2.grad[0].tolist() == pytest.approx([-1.0, 0.5])  # d/dlogp of mean(-A r) at r = 1
+    assert st2["clipfrac"].item() == 0.0
+
+
+def test_clipped_value_loss_matches_hand_computation():
+    old = torch.tensor([[0.0, 0.0, 0.0]])
+    new = torch.tensor([[1.0, -0.1, 5.0]])
+    ret = torch.tensor([[1.0, 0.0, 0.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    loss, st = ppo_core.value_loss(new, old, ret, mask, cliprange_value=0.2)
+    # clipped V = [0.2, -0.1]; (V-R)^2 = [0, 0.01]; (Vc-R)^2 = [0.64, 0.01]; 0.5 * mean(max) = 0.5 * 0.325
+    assert loss.item() == pytest.approx(0.1625)
+    assert st["clipfrac"].item() == pytest.approx(0.5)
+
+
+def test_kl_estimators_and_token_rewards():
+    logp = torch.log(torch.tensor([[0.5, 0.2]]))
+    ref = torch.log(torch.tensor([[0.25, 0.2]]))
+    assert ppo_core.kl_penalty(logp, ref, "k1").tolist()[0] == pytest.approx([math.log(2), 0.0])
+    # k3 = exp(r) - r - 1 with r = log q - log p = log 0.5
+    assert ppo_core.kl_penalty(logp, ref, "k3").tolist()[0] == pytest.approx([0.5 + math.log(2) - 1, 0.0])
+    with pytest.raises(ValueError):
+        ppo_core.kl_penalty(logp, ref, "k2")
+    kl = torch.tensor([[0.0, -0.5, 0.5], [1.0, 1.0, 1.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    r = ppo_core.token_rewards(torch.tensor([2.0, -1.0]), kl * mask, mask.float(), kl_coef=0.1)
+    assert r[0].tolist() == pytest.approx([0.0, 0.05 + 2.0, 0.0])  # score on the last real token
+    assert r[1].tolist() == pytest.approx([-0.1, -0.1, -0.1 - 1.0])
+
+
+def test_response_mask_logprobs_entropy_whiten():
+    resp = torch.tensor([[5, 7, 2, 9, 9], [5, 6, 6, 6, 6], [2, 3, 3, 3, 3]])
+    m = ppo_core.response_mask(resp, [2])
+    assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]  # up to and including EOS
+    assert ppo_core.first_true_indices(resp == 2).tolist() == [2, 5, 0]
+    logits = torch.tensor([[[0.0, 0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0, 0.0]]])
+    lp = ppo_core.logprobs_from_logits(logits, torch.tensor([[1, 0]]))
+    assert lp.tolist()[0] == pytest.approx([math.log(0.25), math.log(0.5)])
+    ent = ppo_core.entropy_from_logits(logits)
+    p = [0.5, 1 / 6, 1 / 6, 1 / 6]
+    assert ent.tolist()[0] == pytest.approx([math.log(4), -sum(x * math.log(x) for x in p)], rel=1e-5)
+    x = torch.tensor([[1.0, 2.0, 3.0, 100.0]])
+    mk = torch.tensor([[1, 1, 1, 0]])
+    w = ppo_core.masked_whiten(x, mk)
+    assert ppo_core.masked_mean(w, mk).item() == pytest.approx(0.0, abs=1e-6)
+    assert w[0, :3].tolist() == pytest.approx([-1.0, 0.0, 1.0], abs=1e-4)  # unbiased std of 1,2,3 is 1
+
+
+# ------------------------------------------------------------------------------------------------------------ data
+
+
+def _ranking():
+    return {
+        "id": "r1", "instruction_id": "i1", "instruction": "q", "label_source": "human",
+        "variants": [
+            {"id": "b", "text": "B", "evolver": "x", "rank": 2, "definition": 6, "precision": 6, "integrity": 6},
+            {"id": "a", "text": "A", "evolver": "x", "rank": 1, "definition": 9, "precision": 8, "integrity": 7},
+            {"id": "c", "text": "C", "evolver": "y", "rank": 3, "definition": None, "precision": None,
+             "integrity": None},
+            {"id": "d", "text": "D", "evolver": "y", "rank": 3},
+        ],
+    }
+
+
+def test_pairs_from_ranking_orders_and_margins():
+    pairs = data.pairs_from_ranking(_ranking(), margin="scores")
+    assert [(p["chosen"], p["rejected"]) for p in pairs] == [("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("B", "D")]
+    assert [p["margin"] for p in pairs] == pytest.approx([2.0, 0.0, 0.0, 0.0, 0.0])  # scores only where both have them
+    assert pairs[0]["label_source"] == "human"
+    ranks = data.pairs_from_ranking(_ranking(), margin="rank", margin_scale=0.5)
+    assert [p["margin"] for p in ranks] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.5])
+    assert all(p["margin"] == 0 for p in data.pairs_from_ranking(_ranking(), margin="none"))
+
+
+def test_reward_dataset_from_rankings_and_pairs():
+    from datasets import Dataset
+
+    ds = data.reward_dataset(Dataset.from_list([_ranking()]), margin="rank")
+    assert ds.column_names == ["chosen", "rejected", "margin"] and len(ds) == 5
+    no_margin = data.reward_dataset(Dataset.from_list([_ranking()]), margin="none")
+    assert no_margin.column_names == ["chosen", "rejected"]  # all zero: same loss, dropped
+    pairs = Dataset.from_list([{"id": "1", "ranking_id": "r", "chosen": "x", "rejected": "y", "margin": 1.5,
+                                "label_source": "model"}])
+    assert data.reward_dataset(pairs, margin_scale=2.0)["margin"] == [3.0]
+    assert data.reward_dataset(pairs, use_margin=False).column_names == ["chosen", "rejected"]
+
+
+# ------------------------------------------------------------------------------------------------ arguments / cards
+
+
+def test_parse_args_yaml_cli_precedence_and_cpu_defaults(tmp_path):
+    from trl import ModelConfig, SFTConfig
+
+    from evolkit.errors import ConfigError
+    from trainers.sft import DEFAULTS, SFTScriptArguments
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("learning_rate: 0.5\nmax_length: 64\ndataset_name: from-yaml\nenv:\n  EVOLKIT_TEST_ENV: 'on'\n")
+    types = (SFTScriptArguments, SFTConfig, ModelConfig)
+    s, t, m = common.parse_args(types, ["--config", str(cfg), "--max_length", "32", "--output_dir", str(tmp_path)],
+                                defaults=DEFAULTS, device="cpu")
+    assert (t.learning_rate, t.max_length, s.dataset_name, s.dataset_config) == (0.5, 32, "from-yaml", "sft")
+    assert t.completion_only_loss is True  # the script's default
+    # CPU: TRL's GPU defaults switched off (gradient_checkpointing is transformers' deprecated alias, mirrored)
+    assert t.bf16 is False and t.activation_checkpointing is False and t.gradient_checkpointing is False
+    import os
+
+    assert os.environ.pop("EVOLKIT_TEST_ENV") == "on"
+    # a GPU config smoke-tested on CPU: bf16 from the YAML is turned off with a warning
+    cfg.write_text("bf16: true\nactivation_checkpointing: true\n")
+    with pytest.warns(UserWarning, match="needs a GPU"):
+        _, t, _ = common.parse_args(types, ["--config", str(cfg), "--output_dir", str(tmp_path)], device="cpu")
+    assert t.bf16 is False and t.activation_checkpointing is True  # explicit checkpointing is kept
+    cfg.write_text("learning_rat: 0.1\n")
+    with pytest.raises(ConfigError, match="learning_rat"):
+        common.parse_args(types, ["--config", str(cfg), "--output_dir", str(tmp_path)], device="cpu")
+    with pytest.raises(ConfigError, match="no_such_flag"):
+        common.parse_args(types, ["--no_such_flag", "1", "--output_dir", str(tmp_path)], device="cpu")
+
+
+def test_every_packaged_config_parses(tmp_path, recwarn):
+    from trainers import ppo, prm, reward, sft
+
+    parsers = {"sft": sft.parse, "reward": reward.parse, "prm": prm.parse, "ppo": ppo.parse, "grpo": ppo.parse,
+               "rloo": ppo.parse}
+    seen = set()
+    for path in sorted(CONFIGS.glob("*.yaml")):
+        if path.name.startswith("deepspeed") or path.name.startswith("accelerate"):
+            continue
+        kind = path.name.split("_")[0]
+        assert kind in parsers, f"{path.name}: name it <sft|reward|prm|ppo|grpo|rloo>_*.yaml"
+        out = parsers[kind](["--config", str(path), "--output_dir", str(tmp_path / path.stem)])
+        seen.add(kind)
+        if kind in ("grpo", "rloo"):
+            assert out[0].algo == kind and type(out[1]).__name__.lower().startswith(kind)
+        if kind == "ppo":
+            assert out[0].algo == "ppo" and isinstance(out[1], ppo.PPOConfig)
+    assert seen == set(parsers)
+
+
+def test_accelerate_deepspeed_config_is_valid_yaml():
+    import yaml
+
+    cfg = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())
+    assert cfg["distributed_type"] == "DEEPSPEED"
+    assert cfg["deepspeed_config"]["zero_stage"] == 3
+    assert yaml.safe_load((CONFIGS / "deepspeed_zero2.yaml").read_text())["deepspeed_config"]["zero_stage"] == 2
+
+
+def test_model_card_metadata_only_names_hub_ids(tmp_path):
+    import yaml
+
+    assert common.hub_id_or_none("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
+    assert common.hub_id_or_none(str(tmp_path)) is None
+    assert common.hub_id_or_none("./local") is None
+    path = common.write_model_card(tmp_path / "m", "prm", str(tmp_path), "user/evolkit-math", "prm",
+                                   metrics={"train_loss": 0.5}, n_train_rows=3)
+    text = path.read_text()
+    meta = yaml.safe_load(text.split("---")[1])
+    assert "base_model" not in meta and meta["datasets"] == ["user/evolkit-math"]
+    assert "process-reward-model" in meta["tags"] and meta["pipeline_tag"] == "token-classification"
+    assert "| `train_loss` | 0.5 |" in text and "2308.09583" in text
