@@ -50,7 +50,8 @@ class _Bucket:
 @dataclass
 class _Endpoint:
     url: str
-    client: Any
+    #: Several clients, each with its own small connection pool: a worker always uses the same one (see ``stream``).
+    clients: list[Any]
     in_flight: int = 0
     consecutive_failures: int = 0
     down_until: float = 0.0
@@ -81,6 +82,8 @@ class OpenAIBackend(Backend):
         extra_body: dict[str, Any] | None = None,
         drain_after_failures: int = 5,
         drain_seconds: float = 30.0,
+        retry_after_max: float = 300.0,
+        connections_per_client: int = 8,
     ):
         super().__init__()
         import httpx
@@ -96,19 +99,31 @@ class OpenAIBackend(Backend):
         self.extra_body = extra_body or {}
         self.drain_after_failures = drain_after_failures
         self.drain_seconds = drain_seconds
+        #: A server's Retry-After is honoured up to this many seconds (independent of our own backoff cap).
+        self.retry_after_max = retry_after_max
         self._rpm = _Bucket(rpm) if rpm else None
         self._tpm = _Bucket(tpm) if tpm else None
-        limits = httpx.Limits(max_connections=self.max_concurrency, max_keepalive_connections=self.max_concurrency)
+        # httpx's connection pool does work quadratic in its size on every request, which dominates at a concurrency
+        # of 100+; so the slots are spread over clients of ``connections_per_client`` connections each (worker w uses
+        # client w % clients), which keeps each pool small and the per-request cost flat.
+        per = max(1, int(connections_per_client))
+        n_clients = -(-self.max_concurrency // per)
+        per = -(-self.max_concurrency // n_clients)
+        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        tls = httpx.create_ssl_context()  # one CA bundle load, shared by the clients
         self.endpoints = [
             _Endpoint(
                 url or "https://api.openai.com/v1",
-                AsyncOpenAI(
-                    base_url=url,
-                    api_key=key,
-                    max_retries=0,
-                    timeout=request_timeout,
-                    http_client=httpx.AsyncClient(limits=limits, timeout=request_timeout),
-                ),
+                [
+                    AsyncOpenAI(
+                        base_url=url,
+                        api_key=key,
+                        max_retries=0,
+                        timeout=request_timeout,
+                        http_client=httpx.AsyncClient(limits=limits, timeout=request_timeout, verify=tls),
+                    )
+                    for _ in range(n_clients)
+                ],
             )
             for url in urls
         ]
@@ -129,28 +144,32 @@ class OpenAIBackend(Backend):
             ep.consecutive_failures = 0
 
     # -- one request -----------------------------------------------------------------------------------------------
-    async def _call(self, ep: _Endpoint, req: Request) -> list[Completion]:
+    async def _call(self, ep: _Endpoint, req: Request, slot: int = 0) -> list[Completion]:
+        import httpx
         import openai
 
         s = req.sampling
-        kwargs: dict[str, Any] = dict(model=self.model, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
+        body: dict[str, Any] = dict(model=self.model, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)
         if req.raw:  # plain-text prompt: the legacy completions endpoint (vllm serve, llama.cpp, TGI all serve it)
-            kwargs["prompt"] = req.prompt_text()
+            body["prompt"] = req.prompt_text()
         else:
-            kwargs["messages"] = req.messages
+            body["messages"] = req.messages
         if s.n != 1:
-            kwargs["n"] = s.n
+            body["n"] = s.n
         if s.stop:
-            kwargs["stop"] = list(s.stop)
+            body["stop"] = list(s.stop)
         if s.seed is not None:
-            kwargs["seed"] = s.seed + req.sample_offset
+            body["seed"] = s.seed + req.sample_offset
         if self.extra_body:
-            kwargs["extra_body"] = self.extra_body
+            body.update(self.extra_body)
+        # The SDK's generic ``post`` (its documented way to send a body as is): same auth, timeouts and errors as
+        # ``chat.completions.create``, without its per-request parameter transformation and response model
+        # construction, which cost more than everything else together at high request rates.
         try:
-            if req.raw:
-                resp = await ep.client.completions.create(**kwargs)
-            else:
-                resp = await ep.client.chat.completions.create(**kwargs)
+            client = ep.clients[slot % len(ep.clients)]
+            resp = await client.post(
+                "/completions" if req.raw else "/chat/completions", cast_to=httpx.Response, body=body
+            )
         except openai.APIStatusError as e:
             code = e.status_code
             if code == 429 or code >= 500 or code == 408:
@@ -165,29 +184,31 @@ class OpenAIBackend(Backend):
             raise _Retryable("timeout", endpoint_fault=True) from e
         except openai.APIConnectionError as e:
             raise _Retryable("connection error", endpoint_fault=True) from e
-        except (ValueError, openai.APIResponseValidationError) as e:  # malformed JSON body
+        try:
+            data = resp.json()
+        except ValueError as e:  # malformed JSON body
             raise _Retryable(f"malformed response: {type(e).__name__}") from e
         try:
-            choices = sorted(resp.choices, key=lambda c: c.index)
-            usage = resp.usage
-            pt = usage.prompt_tokens if usage else 0
-            ct = usage.completion_tokens if usage else 0
+            choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
+            usage = data.get("usage") or {}
+            pt = usage.get("prompt_tokens") or 0
+            ct = usage.get("completion_tokens") or 0
             out = [
                 Completion(
-                    (c.text if req.raw else c.message.content) or "",
-                    c.finish_reason,
+                    (c.get("text") if req.raw else c["message"].get("content")) or "",
+                    c.get("finish_reason"),
                     pt if i == 0 else 0,
                     (ct // max(1, len(choices))) if ct else 0,
                 )
                 for i, c in enumerate(choices)
             ]
-        except (AttributeError, TypeError) as e:
-            raise _Retryable(f"malformed response: {e}") from e
+        except (AttributeError, TypeError, KeyError) as e:
+            raise _Retryable(f"malformed response: {type(e).__name__}: {e}") from e
         if len(out) < s.n:
             raise _Retryable(f"malformed response: {len(out)} of {s.n} choices")
         return out
 
-    async def _one(self, req: Request) -> Result:
+    async def _one(self, req: Request, slot: int = 0) -> Result:
         est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
         last = "unknown"
         for attempt in range(1, self.max_retries + 2):
@@ -198,7 +219,7 @@ class OpenAIBackend(Backend):
             ep = self._pick()
             ep.in_flight += 1
             try:
-                comps = await self._call(ep, req)
+                comps = await self._call(ep, req, slot)
                 self._mark(ep, True)
                 return Result(comps, attempts=attempt)
             except _Retryable as e:
@@ -208,7 +229,7 @@ class OpenAIBackend(Backend):
                     break
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
                 if e.retry_after is not None:
-                    delay = max(delay, min(e.retry_after, self.backoff_max * 4))
+                    delay = max(delay, min(e.retry_after, self.retry_after_max))
                 await asyncio.sleep(delay)
             except Exception as e:  # a non-retryable error of this request alone
                 return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=attempt)
@@ -223,10 +244,10 @@ class OpenAIBackend(Backend):
         queue: asyncio.Queue[tuple[int, Result]] = asyncio.Queue()
         it = iter(range(n))
 
-        async def worker() -> None:
+        async def worker(slot: int) -> None:
             for i in it:  # shared iterator: each worker takes the next index when it is free
                 try:
-                    res = await self._one(requests[i])
+                    res = await self._one(requests[i], slot)
                 except asyncio.CancelledError:
                     raise
                 except Exception as e:  # never lose an item
@@ -234,7 +255,7 @@ class OpenAIBackend(Backend):
                 self.stats.add(res)
                 queue.put_nowait((i, res))
 
-        workers = [asyncio.create_task(worker()) for _ in range(min(self.max_concurrency, n))]
+        workers = [asyncio.create_task(worker(w)) for w in range(min(self.max_concurrency, n))]
         try:
             for _ in range(n):
                 yield await queue.get()
@@ -248,4 +269,5 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         for ep in self.endpoints:
-            await ep.client.close()
+            for client in ep.clients:
+                await client.close()

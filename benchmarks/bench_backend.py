@@ -1,0 +1,181 @@
+"""Client overhead of evolkit's OpenAIBackend vs a plain AsyncOpenAI loop, against an instant local server.
+
+The server is a raw asyncio HTTP/1.1 stub (keep-alive, one fixed chat completion) in its own process, so the figures
+measure the clients. Each measurement runs in a fresh subprocess so that peak RSS (``ru_maxrss``) of one does not mix
+with another's. Both clients send N requests with at most ``--concurrency`` in flight:
+
+* ``evolkit``: ``OpenAIBackend(...).stream(requests)`` (retries, accounting, endpoint choice included);
+* ``plain``: ``AsyncOpenAI`` with an ``asyncio.Semaphore`` and one task per request (``asyncio.gather``), the usual loop.
+
+Usage: python benchmarks/bench_backend.py [--n 2000 8000] [--big] [--concurrency 128] [--repeat 1]
+Targets: evolkit's wall time within 1.2x of the plain loop's; its peak RSS flat in N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+COMPLETION = json.dumps({
+    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Step 1: 2 + 2 = 4.\n\nThe answer is: 4"},
+                 "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
+}).encode()
+RESPONSE = (
+    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\nContent-Length: "
+    + str(len(COMPLETION)).encode() + b"\r\n\r\n" + COMPLETION
+)
+
+
+# -- the stub server ---------------------------------------------------------------------------------------------------
+async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            if length:
+                await reader.readexactly(length)
+            writer.write(RESPONSE)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+
+
+async def _serve(port: int) -> None:
+    server = await asyncio.start_server(_handle, "127.0.0.1", port, backlog=4096)
+    print(server.sockets[0].getsockname()[1], flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def start_server() -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([sys.executable, __file__, "--serve"], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout is not None
+    port = int(proc.stdout.readline())
+    return proc, f"http://127.0.0.1:{port}/v1"
+
+
+# -- the clients -------------------------------------------------------------------------------------------------------
+def _messages(i: int) -> list[dict[str, str]]:
+    return [{"role": "system", "content": "Solve step by step."}, {"role": "user", "content": f"What is {i} + {i}?"}]
+
+
+async def run_evolkit(url: str, n: int, concurrency: int) -> int:
+    from evolkit.backends import Request, Sampling
+    from evolkit.backends.openai import OpenAIBackend
+
+    be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency)
+    sampling = Sampling(max_tokens=16)
+    reqs = [Request(_messages(i), sampling) for i in range(n)]
+    ok = 0
+    async for _, res in be.stream(reqs):
+        ok += res.ok
+    await be.aclose()
+    return ok
+
+
+async def run_plain(url: str, n: int, concurrency: int) -> int:
+    import httpx
+    from openai import AsyncOpenAI
+
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    client = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, http_client=httpx.AsyncClient(limits=limits))
+    sem = asyncio.Semaphore(concurrency)
+    msgs = [_messages(i) for i in range(n)]
+
+    async def one(m: list[dict[str, str]]) -> bool:
+        async with sem:
+            try:
+                r = await client.chat.completions.create(model="bench", messages=m, max_tokens=16)  # type: ignore[arg-type]
+                return bool(r.choices[0].message.content)
+            except Exception:
+                return False
+
+    ok = sum(await asyncio.gather(*(one(m) for m in msgs)))
+    await client.close()
+    return ok
+
+
+def measure(impl: str, url: str, n: int, concurrency: int) -> dict[str, float]:
+    """In this (fresh) process: import, then time the run; peak RSS covers the whole process."""
+    fn = run_evolkit if impl == "evolkit" else run_plain
+    import openai  # noqa: F401  - imports are not part of the timing
+
+    if impl == "evolkit":
+        import evolkit.backends.openai  # noqa: F401
+    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    ok = asyncio.run(fn(url, n, concurrency))
+    wall = time.perf_counter() - t0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"impl": impl, "n": n, "ok": ok, "wall_s": wall, "rps": n / wall, "peak_rss_mb": peak,
+            "rss_after_imports_mb": rss0}
+
+
+def _measure_in_subprocess(impl: str, url: str, n: int, concurrency: int) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, __file__, "--measure", impl, "--url", url, "--n", str(n), "--concurrency", str(concurrency)],
+        capture_output=True, text=True, check=True,
+    )
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--n", type=int, nargs="+", default=[2000, 8000])
+    ap.add_argument("--big", action="store_true", help="add N = 32000")
+    ap.add_argument("--concurrency", type=int, default=128)
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best wall time is reported")
+    ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=["evolkit", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        asyncio.run(_serve(0))
+        return
+    if args.measure:
+        print(json.dumps(measure(args.measure, args.url, args.n[0], args.concurrency)))
+        return
+    ns = list(args.n) + ([32000] if args.big else [])
+    server, url = start_server()
+    rows = []
+    try:
+        _measure_in_subprocess("plain", url, 200, args.concurrency)  # warm up the server and the page cache
+        for n in ns:
+            cell = {}
+            for impl in ("plain", "evolkit"):
+                runs = [_measure_in_subprocess(impl, url, n, args.concurrency) for _ in range(args.repeat)]
+                best = min(runs, key=lambda r: r["wall_s"])
+                best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
+                cell[impl] = best
+                assert best["ok"] == n, f"{impl}: only {best['ok']} of {n} requests succeeded"
+            rows.append((n, cell))
+    finally:
+        server.terminate()
+        server.wait()
+    cpus = os.cpu_count()
+    print(f"\nOpenAI-compatible client overhead, instant local stub, concurrency {args.concurrency}, {cpus} CPUs, "
+          f"best of {args.repeat}")
+    print(f"{'N':>7} {'client':>8} {'wall s':>8} {'req/s':>8} {'peak RSS MB':>12} {'RSS after imports':>18} {'evolkit/plain':>14}")
+    for n, cell in rows:
+        for impl in ("plain", "evolkit"):
+            r = cell[impl]
+            ratio = f"{cell['evolkit']['wall_s'] / cell['plain']['wall_s']:.2f}x" if impl == "evolkit" else ""
+            print(f"{n:>7} {impl:>8} {r['wall_s']:>8.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
+                  f"{r['rss_after_imports_mb']:>18.1f} {ratio:>14}")
+
+
+if __name__ == "__main__":
+    main()
