@@ -22,6 +22,7 @@ Search behaviour here comes from osmem (the in-memory OpenSearch-compatible engi
 
 from __future__ import annotations
 
+import os
 import shutil
 import sqlite3
 import uuid
@@ -32,7 +33,12 @@ import requests
 
 pytestmark = pytest.mark.slow
 
-rg = pytest.importorskip("argilla")
+try:
+    import argilla as rg
+except ImportError:  # the SDK comes with the project's [review] extra
+    if os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no"):
+        raise
+    pytest.skip("the argilla SDK is not installed (pip install -e '.[review]')", allow_module_level=True)
 
 
 # ---------------------------------------------------------------------------------------------------- helpers
@@ -283,7 +289,7 @@ def test_vector_similarity(dataset):
     filtered = dataset.records(
         query=rg.Query(similar=rg.Similar("emb", [1.0, 0, 0]), filter=rg.Filter(("metadata.source", "==", "math")))
     )
-    assert [r.id for r, _ in filtered] == ["p2", "p3"] or [r.id for r, _ in filtered] == ["p3", "p2"]
+    assert sorted(r.id for r, _ in filtered) == ["p2", "p3"]
 
 
 def test_response_update_and_delete_reach_the_index(argilla_server, dataset):
