@@ -250,3 +250,21 @@ def test_stage_commands_and_resume(run, tmp_path):
     assert main(["prm", str(cfg), "-o", str(out), "--force", "--no-progress"]) == 0
     assert (st.load("irm", "irm_rankings"), st.load("prm", "prm")) == before
     assert all(r["labeller"] == "judge" for r in before[1])
+
+
+def test_second_evolver_backend(tmp_path):
+    """With evolver_backend configured, the second evolver is that model (same prompt style), not a second style."""
+    from evolkit.store import RunStore
+
+    cfg = {"name": "evo2", "backend": {"kind": "deterministic"},
+           "evolver_backend": {"kind": "deterministic", "model": "second-evolver"},
+           "seeds": [{"source": "gsm8k", "n": 5}],
+           "stages": {"irm": {"n_instructions": 5, "variants": 2, "sources": ["seeds"], "swap": False}}}
+    st = RunStore(build_run(tmp_path / "run", cfg))
+    s = st.stage_info("irm")["summary"]
+    assert s["evolvers"] == ["evolve:smollm2-135m-instruct", "evolve:second-evolver"]
+    models = {v["evolver"]: v["model"] for v in st.load("irm", "variants")}
+    assert models == {"evolve:smollm2-135m-instruct": "deterministic", "evolve:second-evolver": "second-evolver"}
+    rows = st.load("irm", "irm_rankings")
+    assert rows and all(r["agreement"] is None and r["consistent"] for r in rows)  # judged once (swap off)
+    assert s["rankings"] + sum(s["excluded"].values()) == 5

@@ -94,7 +94,10 @@ def resolve_evolvers(ctx: Any, cfg: Config) -> list[Evolver]:
         if e.role == "evolver2" and ctx.config.evolver_backend is None:
             raise ConfigError("stages.irm.evolvers: role 'evolver2' needs evolver_backend in the config")
         model = ctx.backend_config(e.role).model
-        out.append(e.model_copy(update={"name": e.name or f"{e.style}:{model}"}))
+        name = e.name or f"{e.style}:{model}"
+        if not e.name and any(o.name == name for o in out):
+            name = f"{name}@{e.role}"  # two backends serving a model of the same name
+        out.append(e.model_copy(update={"name": name}))
     names = [e.name for e in out]
     if len(set(names)) != len(names):
         raise ConfigError(f"stages.irm.evolvers: evolver names must differ (got {names})")
@@ -437,6 +440,7 @@ def run(ctx: Any) -> dict[str, Any]:
     swapped = [r for r in ranking_rows if r["agreement"] is not None]
     summary = {
         "instructions": len(probs),
+        "sources_missing": [] if "evol" not in cfg.sources or ctx.store.is_done("evolve") else ["evolve"],
         "evolvers": [e.name for e in evolvers],
         "variants": variant_status,
         "instructions_skipped": skipped,

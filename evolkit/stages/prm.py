@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import random
 import time
 from collections import Counter
@@ -43,6 +44,7 @@ from ..progress import Progress
 from ..records import PRMExample
 
 STAGE = "prm"
+log = logging.getLogger("evolkit.prm")
 LABELS3 = ("correct", "incorrect", "neutral")
 
 
@@ -311,7 +313,11 @@ def run(ctx: Any) -> dict[str, Any]:
     examples: list[PRMExample] = []
     judge_rows: dict[str, dict[str, Any]] = {}
     failures: Counter[str] = Counter()
+    missing = [src for src in cfg.sources if not ctx.store.is_done(src)]
+    if missing:
+        log.warning("prm: no solutions from %s (those stages have not run in this run folder)", ", ".join(missing))
     summary: dict[str, Any] = {
+        "sources_missing": missing,
         "candidates": len(cands), "solutions": len(sols), "balanced": balanced,
         "by_source": dict(Counter(s["source"] for s in sols)),
         "final_correct": sum(s["final_correct"] for s in sols),
