@@ -276,6 +276,124 @@ def _short(value: Any, n: int = 160) -> str:
     return s if len(s) <= n else s[: n - 3] + "..."
 
 
+_ANNOTATIONS = {"title", "description", "default", "examples", "$schema", "$id", "$defs", "$comment"}
+_PY_TYPES: dict[str, tuple[type, ...]] = {"string": (str,), "integer": (int,), "number": (int, float),
+                                          "boolean": (bool,), "null": (type(None),), "array": (list,), "object": (dict,)}
+
+
+def _all(checks: list[Callable[[Any], bool]]) -> Callable[[Any], bool]:
+    if not checks:
+        return lambda v: True
+    if len(checks) == 1:
+        return checks[0]
+
+    def f(v: Any) -> bool:
+        for c in checks:
+            if not c(v):
+                return False
+        return True
+
+    return f
+
+
+def fast_checker(schema: dict[str, Any]) -> Callable[[Any], bool] | None:
+    """A compiled check for the JSON Schema subset the records generate (type, enum, anyOf, properties, required,
+    additionalProperties, items, local $ref): far faster than ``jsonschema`` per row. It never accepts a row that
+    ``jsonschema`` rejects (it may reject one that ``jsonschema`` accepts: such rows go to ``jsonschema``). None when
+    the schema uses a keyword outside that subset (then every row goes to ``jsonschema``)."""
+    defs = schema.get("$defs", {})
+    compiled: dict[str, Callable[[Any], bool]] = {}
+
+    def type_check(types: list[str]) -> Callable[[Any], bool] | None:
+        if not all(t in _PY_TYPES for t in types):
+            return None
+        py = tuple(x for t in types for x in _PY_TYPES[t])
+        bool_ok = "boolean" in types
+        if bool_ok:
+            return lambda v: isinstance(v, py)
+        return lambda v: isinstance(v, py) and v is not True and v is not False
+
+    def comp(s: Any) -> Callable[[Any], bool] | None:
+        if not isinstance(s, dict):
+            return None
+        checks: list[Callable[[Any], bool]] = []
+        for key, val in s.items():
+            if key in _ANNOTATIONS:
+                continue
+            if key == "$ref":
+                name = val.rsplit("/", 1)[-1] if isinstance(val, str) and val.startswith("#/$defs/") else None
+                if name is None or name not in defs:
+                    return None
+                if name not in compiled:
+                    compiled[name] = lambda v: False  # recursion guard (records have no recursive types)
+                    sub = comp(defs[name])
+                    if sub is None:
+                        return None
+                    compiled[name] = sub
+                checks.append(lambda v, n=name: compiled[n](v))
+            elif key == "type":
+                tc = type_check([val] if isinstance(val, str) else list(val))
+                if tc is None:
+                    return None
+                checks.append(tc)
+            elif key == "enum":
+                if not all(isinstance(x, str) for x in val):
+                    return None
+                allowed = frozenset(val)
+                checks.append(lambda v, a=allowed: isinstance(v, str) and v in a)
+            elif key == "anyOf":
+                subs = [comp(x) for x in val]
+                if any(x is None for x in subs):
+                    return None
+                if len(subs) == 2 and val[1] == {"type": "null"}:  # the common "X | None"
+                    first = subs[0]
+                    checks.append(lambda v, f=first: v is None or f(v))
+                else:
+                    checks.append(lambda v, subs=subs: any(f(v) for f in subs))
+            elif key == "items":
+                sub = comp(val)
+                if sub is None:
+                    return None
+
+                def items(v: Any, f: Callable[[Any], bool] = sub) -> bool:
+                    if isinstance(v, list):
+                        for x in v:
+                            if not f(x):
+                                return False
+                    return True
+
+                checks.append(items)
+            elif key == "properties":
+                props = {k: comp(x) for k, x in val.items()}
+                if any(x is None for x in props.values()):
+                    return None
+
+                def properties(v: Any, props: dict[str, Any] = props) -> bool:
+                    if isinstance(v, dict):
+                        for k, x in v.items():
+                            f = props.get(k)
+                            if f is not None and not f(x):
+                                return False
+                    return True
+
+                checks.append(properties)
+            elif key == "required":
+                req = tuple(val)
+                checks.append(lambda v, req=req: not isinstance(v, dict) or all(k in v for k in req))
+            elif key == "additionalProperties":
+                if val is True:
+                    continue
+                if val is not False:
+                    return None
+                known = frozenset(s.get("properties", {}))
+                checks.append(lambda v, known=known: not isinstance(v, dict) or known.issuperset(v))
+            else:
+                return None
+        return _all(checks)
+
+    return comp(schema)
+
+
 def validate_rows(config: str, rows: list[dict[str, Any]], schema: dict[str, Any] | None = None,
                   check: Callable[[dict[str, Any]], list[tuple[str, str]]] | None = None,
                   max_errors: int = 20) -> list[dict[str, Any]]:
@@ -300,11 +418,16 @@ def validate_rows(config: str, rows: list[dict[str, Any]], schema: dict[str, Any
             where = f"config {config}, row {i + 1}" + (f" (id {rid!r})" if rid is not None else "")
             problems.append(f"{where}, field {fld!r}: {_short(msg)}")
 
+    fast = fast_checker(schema)
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             add(i, row, "(row)", f"expected an object, got {type(row).__name__}")
             continue
-        for e in sorted(validator.iter_errors(row), key=lambda e: list(map(str, e.absolute_path))):
+        if fast is not None and fast(row):
+            errors: list[Any] = []
+        else:
+            errors = list(validator.iter_errors(row))
+        for e in sorted(errors, key=lambda e: list(map(str, e.absolute_path))):
             path = ".".join(str(p) for p in e.absolute_path)
             if e.validator == "required" and isinstance(e.instance, dict):
                 for name in e.validator_value:
@@ -1143,6 +1266,9 @@ def load_hint(result: PublishResult) -> str:
 def _options(run_dir: Path, **kwargs: Any) -> PublishOptions:
     store_cfg = RunStore(run_dir).load_config() if (run_dir / "config.yaml").exists() else {}
     base = dict(store_cfg.get("publish") or {})
+    if kwargs.get("local") is not None or kwargs.get("repo") is not None:
+        base.pop("local", None)  # a target given by the caller replaces the config's targets (no surprise push)
+        base.pop("repo", None)
     base.update({k: v for k, v in kwargs.items() if v is not None})
     try:
         return PublishOptions.model_validate(base)

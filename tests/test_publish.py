@@ -344,10 +344,11 @@ def test_publish_section_of_the_run_config(run_copy, tmp_path):
     from evolkit.publish import PublishError, publish_run
 
     cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
-    cfg["publish"] = {"pretty_name": "Fixture Math", "configs": ["sft", "evol"], "min_split_rows": 10}
+    cfg["publish"] = {"pretty_name": "Fixture Math", "configs": ["sft", "evol"], "min_split_rows": 10,
+                      "repo": "alice/from-config"}
     (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg))
-    res = publish_run(run_copy, local=tmp_path / "ds")
-    assert list(res.configs) == ["sft", "evol"]
+    res = publish_run(run_copy, local=tmp_path / "ds")  # an explicit target replaces the config's repo: no push
+    assert list(res.configs) == ["sft", "evol"] and res.repos == [] and res.local == [tmp_path / "ds"]
     assert DatasetCard.load(tmp_path / "ds" / "README.md").data.pretty_name == "Fixture Math"
     cfg["publish"] = {"test_size": 2}
     (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg))
@@ -390,3 +391,45 @@ def test_rows_are_validated_against_the_schema_files(fixture_run, tmp_path, monk
                                                    r"schemas/sft.schema.json differs from evolkit.records"):
         publish.publish_run(fixture_run, local=tmp_path / "out", **SPLIT)
     assert not (tmp_path / "out").exists()
+
+
+def test_fast_checker_never_accepts_what_jsonschema_rejects(fixture_run):
+    import copy
+    import random
+
+    from jsonschema import Draft202012Validator
+
+    from evolkit.publish import fast_checker, load_schema
+    from evolkit.records import PUBLISHED
+
+    rng = random.Random(0)
+    odd = [None, 0, 1.5, True, "x", [], ["a"], [None], {}, {"k": 1}, [{"id": 1}], "human", "upward"]
+    for config in PUBLISHED:
+        schema = load_schema(config)
+        fast, slow = fast_checker(schema), Draft202012Validator(schema)
+        assert fast is not None, f"{config}: the records' schema left the fast subset"
+        if config == "rl_prompts":
+            rows = [{"id": "a", "prompt": "p", "instruction": "i", "source": "gsm8k", "gold_answer": "3"}]
+        else:
+            _, rows = _source_rows(fixture_run, config)
+        checked = 0
+        for row in rows[:20]:
+            assert fast(row) and slow.is_valid(row)
+            for _ in range(40):
+                bad = copy.deepcopy(row)
+                target = bad
+                key = rng.choice(list(bad))
+                if isinstance(bad[key], list) and bad[key] and isinstance(bad[key][0], dict) and rng.random() < 0.5:
+                    target = bad[key][0]
+                    key = rng.choice(list(target))
+                action = rng.random()
+                if action < 0.15:
+                    del target[key]
+                elif action < 0.25:
+                    target["unexpected"] = 1
+                else:
+                    target[key] = rng.choice(odd)
+                if fast(bad):
+                    assert slow.is_valid(bad), (config, bad)
+                checked += 1
+        assert checked
