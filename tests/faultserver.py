@@ -12,7 +12,8 @@ fault kind or None, so a test knows in advance which prompt fails how often. Kin
 * ``"delay"``: answers only after ``hang_seconds`` (longer than the client's timeout);
 * ``"cut"``: sends the status line, headers and part of the body, then closes the socket;
 * ``"malformed"``: status 200 with a body that is not JSON;
-* ``"badshape"``: status 200 with JSON that is not a chat completion.
+* ``"badshape"``: status 200 with JSON that is not a chat completion;
+* ``"401"``: status 401 whose error message quotes the request's API key (as some servers do).
 
 The prompt key is the content of the last user message. Every request is logged (:attr:`FaultServer.log`) with its key,
 attempt number, arrival time and fault, and whether a normal answer was delivered (``answered``).
@@ -38,6 +39,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 FAULT_KINDS = ("429", "500", "delay", "cut", "malformed", "badshape")
+#: Not retryable, so not in FAULT_KINDS: status 401 whose message echoes the Authorization header, as some servers do.
+AUTH_FAULT = "401"
 
 Plan = Callable[[str, int], "str | None"]
 
@@ -117,7 +120,7 @@ class LogEntry:
     held: bool = False
 
 
-_REASONS = {200: "OK", 404: "Not Found", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}
+_REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}
 
 
 class FaultServer:
@@ -337,6 +340,11 @@ class FaultServer:
         if fault == "429":
             await self._send(writer, 429, b'{"error":{"message":"rate limited","type":"rate_limit"}}',
                              {"Retry-After": f"{self.retry_after:g}"})
+            return True
+        if fault == "401":
+            token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+            msg = json.dumps({"error": {"message": f"Incorrect API key provided: {token}", "type": "invalid_request_error"}})
+            await self._send(writer, 401, msg.encode())
             return True
         if fault == "500":
             await self._send(writer, 500, b'{"error":{"message":"internal error","type":"server_error"}}')

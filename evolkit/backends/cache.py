@@ -1,7 +1,9 @@
 """Content-addressed request cache in SQLite (inside the run folder).
 
 The key is a hash of (model, messages, sampling parameters, sample offset), so re-running or resuming a run never sends
-the same request twice. Only successful results are stored: a failed request is retried on the next run.
+the same request twice. Only successful results are stored: a failed request is retried on the next run. Like every
+file in a run folder, the cache never holds a secret: values of the secret environment variables are replaced by ``***``
+in what it stores (a model or a proxy may repeat a key it was shown).
 """
 
 from __future__ import annotations
@@ -11,7 +13,20 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
-from .base import Backend, Request, Result
+from ..settings import secret_values
+from .base import Backend, Completion, Request, Result
+
+
+def _scrubbed(result: Result, secrets: list[str]) -> Result:
+    def clean(text: str | None) -> str | None:
+        for s in secrets:
+            if text and s in text:
+                text = text.replace(s, "***")
+        return text
+
+    comps = [Completion(clean(c.text) or "", c.finish_reason, c.prompt_tokens, c.completion_tokens)
+             for c in result.completions]
+    return Result(comps, clean(result.error), result.cached, result.attempts)
 
 
 class RequestCache:
@@ -19,6 +34,7 @@ class RequestCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        self._secrets = secret_values()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -31,6 +47,8 @@ class RequestCache:
 
     def put(self, key: str, result: Result) -> None:
         # Committed at once (WAL): a SIGKILL right after loses nothing that was acknowledged.
+        if self._secrets:
+            result = _scrubbed(result, self._secrets)
         with self._lock:
             self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (key, result.to_json()))
 
