@@ -1,4 +1,5 @@
 pytest_plugins = [
     "tests.plugins.hub",
     "tests.plugins.argilla_server",
+    "tests.plugins.llama",
 ]
