@@ -688,6 +688,7 @@ def run_eval(
     usage: dict[str, Any] = {}
     if todo:
         be = backend
+        own_backend = be is None
         if be is None and s.backend == "reference":
             be = _reference_backend({it.id: it for it in items}, spec.kind)
         if be is None:
@@ -707,8 +708,10 @@ def run_eval(
                 asyncio.run(be.aclose())
             except Exception:  # noqa: BLE001 - best effort
                 pass
-            if backend is None:
+            if own_backend:
                 be.close()
+            elif be is not backend:  # our cache wrapper around the caller's backend: close the cache only
+                be.cache.close()
         done = _collect(store)
 
     # Assemble the samples in a deterministic order (a resumed run equals an uninterrupted one).
@@ -738,6 +741,7 @@ def run_eval(
     for i, it in enumerate(items):
         prompt = style.render(it.question)
         for k, sc in enumerate(scored[i]):
+            # With n > 1 the (identical) prompt is kept on sample 0 only: few-shot prompts times n samples add up.
             gen = by_item[it.id][k] or {}
             ok = sc["correct"] if primary == "evolkit" else sc["wm_correct"]
             text = gen.get("text")
@@ -745,7 +749,7 @@ def run_eval(
                 "no_answer" if (sc["extracted"] if primary == "evolkit" else sc["wm_extracted"]) is None else "incorrect"))
             rows.append({
                 "id": it.id, "sample": k, "level": it.level, "subject": it.subject, "question": it.question,
-                "prompt": prompt, "completion": text, "finish_reason": gen.get("finish_reason"),
+                "prompt": prompt if k == 0 else None, "completion": text, "finish_reason": gen.get("finish_reason"),
                 "completion_tokens": gen.get("completion_tokens"),
                 "extracted": sc["extracted"], "gold": it.gold, "correct": sc["correct"], "reason": sc["reason"],
                 "wm_extracted": sc["wm_extracted"], "wm_gold": it.gold_wm, "wm_correct": sc["wm_correct"],

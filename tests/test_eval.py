@@ -250,7 +250,8 @@ def test_deterministic_run_with_samples(tmp_path, checker):
     assert len(rows) == 160 and {r["sample"] for r in rows} == {0, 1, 2, 3}
     for key in ("prompt", "completion", "extracted", "gold", "verdict", "wm_extracted", "wm_gold", "wm_correct"):
         assert key in rows[0]
-    assert all(r["prompt"].endswith("Let's think step by step.") for r in rows)
+    assert all(r["prompt"].endswith("Let's think step by step.") for r in rows if r["sample"] == 0)
+    assert all(r["prompt"] is None for r in rows if r["sample"] > 0)  # the same prompt is stored once per problem
     md = (out / "results.md").read_text()
     assert "By level" in md and "By subject" in md and "maj@4" in md and "WizardMath-70B-V1.0 | 22.7" in md
     assert json.loads((out / "summary.json").read_text())["files"]["plot"] == "results.png"
