@@ -163,7 +163,14 @@ def prm_dataset(ds: Any, tokenizer: Any, separator: str = "\n", max_length: int 
                                 train_on_last_step_only)
         return {"input_ids": out["input_ids"], "attention_mask": out["attention_mask"], "labels": out["labels"]}
 
-    out = ds.map(fn, remove_columns=ds.column_names, num_proc=num_proc, desc="Tokenizing PRM steps")
+    from datasets import Features, List, Value
+
+    # Explicit integer features: `labels` replaces the published bool column of the same name, and datasets would
+    # otherwise keep its bool type and cast -100 to True (every token a "correct step").
+    features = Features({"input_ids": List(Value("int64")), "attention_mask": List(Value("int64")),
+                         "labels": List(Value("int64"))})
+    out = ds.map(fn, remove_columns=ds.column_names, features=features, num_proc=num_proc,
+                 desc="Tokenizing PRM steps")
     return out.filter(lambda r: any(x != IGNORE_INDEX for x in r["labels"]), num_proc=num_proc)
 
 

@@ -1,0 +1,307 @@
+"""The trainers on tiny random models (SmolLM2 tokenizer) and a dataset the pipeline published to a local folder.
+
+Each stage runs a few CPU steps through its script's ``main`` (the same code path as ``python -m trainers.<stage>``):
+losses must be finite, SFT/IRM losses must go down on a repeated batch, saved models must reload and score like the
+trained ones, and the RL stage must combine r = r_I x r_A from the trained IRM and PRM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+from tests.plugins.tiny_models import (  # noqa: E402,F401  (session fixtures)
+    build_tiny_model,
+    pipeline_run,
+    published_dir,
+    smollm2_tokenizer,
+    smollm2_tokenizer_dir,
+    tiny_llama_dir,
+    tiny_qwen2_dir,
+)
+from trainers import ppo, prm, reward, sft  # noqa: E402
+from trainers.data import IGNORE_INDEX, tokenize_stepwise  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).resolve().parent.parent / "trainers" / "configs"
+
+
+def _losses(trainer) -> list[float]:
+    return [h["loss"] for h in trainer.state.log_history if "loss" in h]
+
+
+def _args(config: str, model: Path, data: Path, out: Path, *extra: str) -> list[str]:
+    return ["--config", str(CONFIGS / config), "--model_name_or_path", str(model), "--dataset_name", str(data),
+            "--output_dir", str(out), *extra]
+
+
+def _card_meta(folder: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+
+
+# --------------------------------------------------------------------------------------------------- session runs
+
+
+@pytest.fixture(scope="session")
+def sft_run(tmp_path_factory, tiny_llama_dir, published_dir):
+    out = tmp_path_factory.mktemp("sft") / "model"
+    return sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "3")), out
+
+
+@pytest.fixture(scope="session")
+def irm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
+    out = tmp_path_factory.mktemp("irm") / "model"
+    return reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out
+
+
+@pytest.fixture(scope="session")
+def prm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
+    out = tmp_path_factory.mktemp("prm") / "model"
+    return prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out
+
+
+# ------------------------------------------------------------------------------------------------------------- SFT
+
+
+def test_sft_trains_on_the_completion_only_and_the_saved_model_reloads(sft_run, published_dir):
+    from datasets import load_dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trainer, out = sft_run
+    losses = _losses(trainer)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+
+    # completion-only loss: the prompt's tokens are -100, the completion's are the targets
+    tok = AutoTokenizer.from_pretrained(out)
+    row = load_dataset(str(published_dir), "sft", split="train")[0]
+    ex = trainer.train_dataset[0]
+    n_prompt = len(tok(row["prompt"])["input_ids"])
+    assert ex["input_ids"][:n_prompt] == tok(row["prompt"])["input_ids"]
+    assert all(x == IGNORE_INDEX for x in ex["labels"][:n_prompt])
+    assert ex["labels"][n_prompt:] == ex["input_ids"][n_prompt:] and len(ex["labels"]) > n_prompt
+
+    # the saved model reloads and scores like the trained one
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    ids = torch.tensor([ex["input_ids"]])
+    labels = torch.tensor([ex["labels"]])
+    trained = trainer.model.eval()
+    with torch.no_grad():
+        a = reloaded(input_ids=ids, labels=labels)
+        b = trained(input_ids=ids.to(trained.device), labels=labels.to(trained.device))
+    assert math.isfinite(a.loss.item())
+    torch.testing.assert_close(a.logits, b.logits.cpu(), rtol=1e-4, atol=1e-4)
+    meta = _card_meta(out)
+    assert "sft" in meta["tags"] and meta["library_name"] == "transformers"
+    assert "base_model" not in meta  # a local path is not a Hub id
+
+
+def test_sft_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_llama_dir, published_dir):
+    trainer = sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "m", "--max_train_samples",
+                             "2", "--max_steps", "6", "--model_card", "false"))
+    losses = _losses(trainer)
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.3, losses
+    assert not (tmp_path / "m" / "README.md").exists()
+
+
+def test_sft_lora_trains_an_adapter_that_reloads(tmp_path, tiny_llama_dir, published_dir):
+    from peft import AutoPeftModelForCausalLM
+
+    out = tmp_path / "lora"
+    trainer = sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "2", "--use_peft",
+                             "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj"))
+    assert all(math.isfinite(x) for x in _losses(trainer))
+    assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
+    model = AutoPeftModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([[1, 2, 3]])).logits
+    assert torch.isfinite(logits).all()
+    meta = _card_meta(out)
+    assert meta["library_name"] == "peft" and "lora" in meta["tags"]
+
+
+# ------------------------------------------------------------------------------------------------------------- IRM
+
+
+def test_irm_trains_with_margins_and_the_saved_model_scores_instructions(irm_run, published_dir):
+    from datasets import load_dataset
+
+    from trainers.rewards import IRMScorer
+
+    trainer, out = irm_run
+    losses = _losses(trainer)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert "margin" in trainer.train_dataset.column_names  # irm_pairs publishes margin 1.0
+    rows = load_dataset(str(published_dir), "irm_pairs", split="train")
+    texts = [rows[0]["chosen"], rows[0]["rejected"]]
+    scorer = IRMScorer.from_pretrained(str(out))
+    trained = IRMScorer(trainer.model.eval(), trainer.processing_class)
+    assert scorer.scores(texts) == pytest.approx(trained.scores(texts), abs=1e-4)
+    r_i = scorer.instruction_reward(texts)
+    assert all(0.0 < r < 1.0 for r in r_i)
+    assert r_i == pytest.approx([1 / (1 + math.exp(-s)) for s in scorer.scores(texts)])
+    # padding must not change a score: batch of one == batch with a longer neighbour
+    assert scorer.scores(texts[:1]) == pytest.approx(scorer.scores([texts[0], texts[1] + " extra words" * 5])[:1],
+                                                     abs=1e-4)
+    assert _card_meta(out)["pipeline_tag"] == "text-classification"
+
+
+def test_irm_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_qwen2_dir, published_dir):
+    trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
+                                "--max_train_samples", "2", "--max_steps", "6"))
+    losses = _losses(trainer)
+    assert all(math.isfinite(x) for x in losses)
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_irm_trains_on_rankings_expanded_to_pairs(tmp_path, tiny_qwen2_dir, published_dir):
+    from datasets import load_dataset
+
+    from trainers.data import pairs_from_ranking
+
+    rankings = load_dataset(str(published_dir), "irm_rankings", split="train")
+    n_pairs = sum(len(pairs_from_ranking(r)) for r in rankings)
+    assert len(rankings) < n_pairs <= 3 * len(rankings)  # 3 ranked variants -> up to 3 ordered pairs (no identical)
+    trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
+                                "--dataset_config", "irm_rankings", "--max_steps", "2", "--margin_scale", "0.1",
+                                "--max_length", "1024"))  # RewardTrainer drops pairs longer than max_length
+    ds = trainer.train_dataset
+    assert len(ds) == n_pairs
+    assert min(ds["margin"]) > 0  # judge scores give margins
+    assert all(math.isfinite(x) for x in _losses(trainer))
+
+
+# ------------------------------------------------------------------------------------------------------------- PRM
+
+
+def test_prm_labels_sit_on_step_separators_and_are_integers(prm_run, published_dir, smollm2_tokenizer):
+    from datasets import load_dataset
+
+    trainer, _ = prm_run
+    losses = _losses(trainer)
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    raw = load_dataset(str(published_dir), "prm", split="train")
+    ds = trainer.train_dataset
+    assert ds.features["labels"].feature.dtype == "int64"
+    sep = smollm2_tokenizer("\n", add_special_tokens=False)["input_ids"][-1]
+    for i in range(3):
+        row, ex = raw[i], ds[i]
+        labels = ex["labels"]
+        assert set(labels) <= {IGNORE_INDEX, 0, 1}
+        labelled = [j for j, x in enumerate(labels) if x != IGNORE_INDEX]
+        assert [labels[j] for j in labelled] == [int(x) for x in row["labels"]][: len(labelled)]
+        assert all(ex["input_ids"][j] == sep for j in labelled)
+        assert len(labelled) == len(row["completions"]) or len(ex["input_ids"]) == 128  # only truncation drops steps
+    # a row with a wrong step: its label 0 survives (a bool cast would have turned -100 into True)
+    bad = next(i for i, r in enumerate(raw) if not all(r["labels"]))
+    enc = tokenize_stepwise(smollm2_tokenizer, raw[bad]["prompt"], raw[bad]["completions"], raw[bad]["labels"])
+    assert 0 in enc["labels"] and IGNORE_INDEX in enc["labels"]
+
+
+def test_prm_reloads_and_gives_step_probabilities(prm_run, published_dir):
+    from datasets import load_dataset
+
+    from trainers.prm import batch_step_probabilities, load_prm, step_probabilities
+
+    trainer, out = prm_run
+    assert json.loads((out / "prm_config.json").read_text())["step_separator"] == "\n"
+    model, tok = load_prm(str(out))
+    row = load_dataset(str(published_dir), "prm", split="train")[0]
+    probs = step_probabilities(model, tok, row["prompt"], row["completions"])
+    assert len(probs) == len(row["completions"]) and all(0.0 < p < 1.0 for p in probs)
+    trained = trainer.model.eval()
+    trained.config.prm = {"step_separator": "\n"}
+    assert probs == pytest.approx(step_probabilities(trained, tok, row["prompt"], row["completions"]), abs=1e-4)
+    # a solution as text is split into steps; batching/padding does not change the result
+    text = "Step 1: 3 + 4 = 7.\nStep 2: 7 * 2 = 14.\nThe answer is: 14"
+    from evolkit.answers import split_steps
+
+    single = step_probabilities(model, tok, "What is (3 + 4) * 2?", text)
+    assert len(single) == len(split_steps(text)) == 2  # "Step k:" markers; the answer line stays with step 2
+    both = batch_step_probabilities(model, tok, ["What is (3 + 4) * 2?", row["prompt"]], [text, row["completions"]])
+    assert both[0] == pytest.approx(single, abs=1e-5)
+    assert _card_meta(out)["pipeline_tag"] == "token-classification"
+
+
+# -------------------------------------------------------------------------------------------------------------- RL
+
+
+def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ppo"
+    trainer = ppo.main(_args("ppo_tiny.yaml", tiny_llama_dir, published_dir, out,
+                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1])))
+    assert isinstance(trainer, ppo.PPOTrainer) and trainer.num_updates == 2
+    rows = trainer.log_history
+    assert len(rows) == 2
+    for row in rows:
+        for key in ("objective/scores", "objective/r_I", "objective/r_A", "objective/kl", "objective/entropy",
+                    "policy/clipfrac", "policy/approxkl", "loss/policy", "loss/value", "val/clipfrac"):
+            assert math.isfinite(row[key]), key
+        assert 0.0 <= row["objective/scores"] <= 1.0 and 0.0 <= row["policy/clipfrac"] <= 1.0
+    assert rows[-1]["episode"] == 8  # 2 rollout batches x (2 per device x 1 accumulation x 2 minibatches)
+    # the score of each response is r_I x r_A from the IRM and PRM
+    last = trainer.reward.last
+    assert last["r"] == pytest.approx([a * b for a, b in zip(last["r_I"], last["r_A"], strict=True)])
+    assert trainer.reward.aggregation == "min"
+    # outputs: a loadable policy, the value head, the PPO log, a card
+    policy = AutoModelForCausalLM.from_pretrained(out)
+    assert torch.isfinite(policy(input_ids=torch.tensor([[1, 2, 3]])).logits).all()
+    assert set(load_file(str(out / ppo.VALUE_HEAD_FILE))) == {"weight", "bias"}
+    assert len((out / "ppo_log.jsonl").read_text().splitlines()) == 2
+    assert "reinforcement-learning" in _card_meta(out)["tags"]
+
+
+def test_grpo_with_kl_saves_an_in_memory_policy_for_the_reference(tmp_path, smollm2_tokenizer, published_dir,
+                                                                   irm_run, prm_run):
+    out = tmp_path / "grpo"
+    script_args, training_args, model_args = ppo.parse([
+        "--config", str(CONFIGS / "grpo_tiny.yaml"), "--dataset_name", str(published_dir), "--output_dir", str(out),
+        "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1]),
+    ])
+    assert script_args.algo == "grpo" and training_args.beta > 0
+    model = build_tiny_model("llama", smollm2_tokenizer, seed=3)  # built in memory: no path to reload from
+    trainer = ppo.train(script_args, training_args, model_args, model=model, tokenizer=smollm2_tokenizer)
+    assert (out / "_initial_policy" / "config.json").exists()
+    assert trainer.ref_model is not None
+    losses = _losses(trainer)
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    logged = [h for h in trainer.state.log_history if "reward" in h]
+    assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
+    assert all("rleif/r_I" in h and "rleif/r_A" in h for h in logged)
+    assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+
+
+def test_rloo_runs_one_step(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
+    trainer = ppo.main(_args("rloo_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "rloo",
+                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1])))
+    assert type(trainer).__name__ == "RLOOTrainer"
+    assert all(math.isfinite(x) for x in _losses(trainer))
+
+
+# ------------------------------------------------------------------------------------------------------------ push
+
+
+def test_a_trainer_pushes_its_model_and_card_to_the_hub(tmp_path, hub_server, tiny_qwen2_dir, published_dir):
+    repo = hub_server.new_repo_id("prm")
+    out = tmp_path / "prm"
+    prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "1", "--push_to_hub",
+                   "--hub_model_id", repo, "--hub_token", hub_server.token))
+    files = set(hub_server.api().list_repo_files(repo))
+    assert {"README.md", "model.safetensors", "config.json", "prm_config.json", "tokenizer.json"} <= files
+    from huggingface_hub import hf_hub_download
+
+    card = Path(hf_hub_download(repo, "README.md", token=hub_server.token)).read_text()
+    assert f"# {repo}" in card and "process-reward-model" in card
