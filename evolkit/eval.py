@@ -19,8 +19,8 @@ OUT/
 Prompt styles (``--prompt``): ``wizardmath`` (default; the WizardMath evaluation prompt, the Alpaca template ending
 ``### Response: Let's think step by step.``, sent as raw text), ``wizardmath-default`` (the same without the CoT
 phrase), ``gsm8k-8shot`` (lm-eval-harness ``gsm8k_cot``: 8 exemplars as ``Q: ...\\nA: ...``), ``minerva``
-(lm-eval-harness ``minerva_math``: 4 exemplars as ``Problem:\\n...\\n\\nSolution: ...``), ``chat`` (zero-shot through the
-model's chat template, asking for a ``\\boxed{}`` answer) or a path to a text file with ``{question}``.
+(lm-eval-harness ``minerva_math``: 4 exemplars as ``Problem:\\n...\\n\\nSolution: ...``), ``chat`` (zero-shot
+through the model's chat template, asking for a ``\\boxed{}`` answer) or a path to a text file with ``{question}``.
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ import asyncio
 import hashlib
 import json
 import logging
-import math
 import re
 import shutil
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +103,7 @@ def load_benchmark(
     if data is None and not expand_path(spec.path).exists():
         if spec.hub_id is None:
             raise DataError(
-                f"{expand_path(spec.path)}: no such file; give the {bench} test set with --data FILE or a Hub dataset id"
+                f"{expand_path(spec.path)}: no such file; give the {bench} test set with --data FILE or a Hub id"
             )
         log.info("%s not found; loading %s from the Hub", expand_path(spec.path), spec.hub_id)
         data, hub_config = spec.hub_id, hub_config or spec.hub_config
@@ -163,7 +162,7 @@ class PromptStyle:
 
 
 def _fewshot(spec: dict[str, Any], q_key: str, t_key: str) -> str:
-    """The lm-eval-harness few-shot prefix: ``query(ex) + target(ex)`` joined by the few-shot delimiter, then the query."""
+    """The lm-eval-harness few-shot prompt: ``query(ex) + target(ex)`` joined by the delimiter, then the query."""
     query = spec["query_template"]
     delim = spec.get("fewshot_delimiter", "\n\n")
     if "target_template" in spec:
@@ -271,7 +270,8 @@ def select_items(items: list[EvalItem], s: EvalSettings) -> list[EvalItem]:
         from .records import Problem
         from .seeds import sample
 
-        probs = [Problem(id=i.id, source="x", question=i.question, level=i.level, type=i.subject, root_id=i.id) for i in items]
+        probs = [Problem(id=i.id, source="x", question=i.question, level=i.level, type=i.subject, root_id=i.id)
+                 for i in items]
         keep = {p.id for p in sample(probs, s.sample, seed=s.seed, stratify=True)}
         items = [i for i in items if i.id in keep]
     if s.limit:
@@ -570,18 +570,20 @@ def markdown_report(summary: dict[str, Any], checker: str) -> str:
         groups = summary.get(key) or {}
         if not groups:
             continue
-        lines += ["", f"## {title}", "", f"| {head} | problems | " + " | ".join(f"{label[n]} (%)" for n in names) + " |",
-                  "|---|---:|" + "---:|" * len(names)]
+        heads = " | ".join(f"{label[n]} (%)" for n in names)
+        lines += ["", f"## {title}", "", f"| {head} | problems | {heads} |", "|---|---:|" + "---:|" * len(names)]
         for g, d in groups.items():
             cells = " | ".join(f"{_pct(d[n]['pass@1'])} ({d[n]['correct']})" for n in names)
             lines.append(f"| {g} | {d['problems']} | {cells} |")
     dis = summary.get("checker_disagreements") or {}
     if checker == "both" and (dis.get("evolkit_only") or dis.get("wizardmath_only")):
         lines += ["", f"Checkers disagree on {dis['evolkit_only'] + dis['wizardmath_only']} samples: "
-                  f"{dis['evolkit_only']} correct only for evolkit, {dis['wizardmath_only']} only for the WizardMath protocol."]
+                  f"{dis['evolkit_only']} correct only for evolkit, "
+                  f"{dis['wizardmath_only']} only for the WizardMath protocol."]
     ref = paper_rows(st["bench"])
     if ref:
-        lines += ["", "## WizardMath paper (greedy, CoT prompt, pass@1 %)", "", "| model | " + st["bench"] + " |", "|---|---:|"]
+        lines += ["", "## WizardMath paper (greedy, CoT prompt, pass@1 %)", "",
+                  f"| model | {st['bench']} |", "|---|---:|"]
         lines += [f"| {m} | {v} |" for m, v in ref]
     return "\n".join(lines) + "\n"
 
@@ -621,7 +623,8 @@ def _backend_config(s: EvalSettings, opts: dict[str, Any]) -> Any:
     from .config import BackendConfig
 
     kw: dict[str, Any] = {"kind": s.backend, "model": s.model}
-    for k in ("base_url", "api_key_env", "max_concurrency", "batch_size", "dtype", "engine_kwargs", "accuracy", "delay_s"):
+    keys = ("base_url", "api_key_env", "max_concurrency", "batch_size", "dtype", "engine_kwargs", "accuracy", "delay_s")
+    for k in keys:
         if opts.get(k) is not None:
             kw[k] = opts[k]
     try:
@@ -672,7 +675,8 @@ def run_eval(
             if diff:
                 changes = ", ".join(f"{k}: {saved['settings'].get(k)!r} -> {now.get(k)!r}" for k in diff)
                 raise EvolkitError(
-                    f"{out}: --resume with different settings ({changes}); use --force to start over or -o for another folder"
+                    f"{out}: --resume with different settings ({changes}); use --force to start over or -o for another "
+                    f"folder"
                 )
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(meta_path, json.dumps({"settings": s.key()}, indent=2, ensure_ascii=False))
@@ -745,8 +749,8 @@ def run_eval(
             gen = by_item[it.id][k] or {}
             ok = sc["correct"] if primary == "evolkit" else sc["wm_correct"]
             text = gen.get("text")
-            verdict = "failed" if text is None else ("correct" if ok else (
-                "no_answer" if (sc["extracted"] if primary == "evolkit" else sc["wm_extracted"]) is None else "incorrect"))
+            got = sc["extracted"] if primary == "evolkit" else sc["wm_extracted"]
+            verdict = "failed" if text is None else ("correct" if ok else ("no_answer" if got is None else "incorrect"))
             rows.append({
                 "id": it.id, "sample": k, "level": it.level, "subject": it.subject, "question": it.question,
                 "prompt": prompt if k == 0 else None, "completion": text, "finish_reason": gen.get("finish_reason"),
@@ -824,12 +828,14 @@ def add_commands(sub: Any) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", default="smollm2-135m-instruct", help="model name / path / hub id (default: the embedded model)")
+    p.add_argument("--model", default="smollm2-135m-instruct",
+                   help="model name / path / hub id (default: the embedded model)")
     p.add_argument("--bench", default="gsm8k", choices=list(BENCHMARKS))
     p.add_argument("--backend", default="transformers",
                    choices=["transformers", "vllm", "openai", "deterministic", "reference"],
                    help="reference = the gold solutions in WizardMath's answer format (checks the scorers)")
-    p.add_argument("--prompt", default="wizardmath", help=f"{', '.join(PROMPT_STYLES)} or a text file with {{question}}")
+    p.add_argument("--prompt", default="wizardmath",
+                   help=f"{', '.join(PROMPT_STYLES)} or a text file with {{question}}")
     p.add_argument("--chat", action="store_true", help="send a --prompt file through the chat template (default: raw)")
     p.add_argument("--checker", default="evolkit", choices=["evolkit", "wizardmath", "both"],
                    help="headline score: evolkit's checker, the paper's extraction (wizardmath), or both side by side")
@@ -868,7 +874,8 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--split", default="train", help="split of a Hub dataset or a folder (default train)")
     p.add_argument("--hub-config")
     p.add_argument("--field", action="append",
-                   help="text field(s) to compare (default: the first of question, problem, instruction, prompt, query, input)")
+                   help="text field(s) to compare (default: the first of question, problem, instruction, prompt, "
+                   "query, input, text)")
     p.add_argument("--bench", action="append", choices=list(BENCHMARKS),
                    help="benchmarks to compare with (repeatable; default gsm8k and math)")
     p.add_argument("--ngram", type=int, default=13, help="word n-gram length for exact overlap (default 13)")

@@ -203,7 +203,8 @@ def test_prompt_styles():
     assert st.render("Q?") == spec["rendered_prefix"] + "\n\nQ: Q?\nA:" and st.stop == ("Q:", "</s>", "<|im_end|>")
     st = prompt_style("minerva")
     p = st.render("Find $x$.")
-    assert p.startswith("Problem:\nFind the domain of the expression") and p.endswith("\n\nProblem:\nFind $x$.\n\nSolution:")
+    assert p.startswith("Problem:\nFind the domain of the expression")
+    assert p.endswith("\n\nProblem:\nFind $x$.\n\nSolution:")
     assert p.count("Final Answer: The final answer is") == 4 and st.stop == ("Problem:",)
     st = prompt_style("chat")
     assert not st.raw and "\\boxed{}" in st.render("Q")
@@ -386,7 +387,8 @@ def test_openai_backend_raw_uses_completions_endpoint():
     try:
         be = OpenAIBackend("m", base_url=f"http://127.0.0.1:{srv.server_port}/v1", max_retries=0)
         res = be.run([
-            Request([{"role": "user", "content": "### Instruction:\nQ\n\n### Response:"}], Sampling(max_tokens=8), raw=True),
+            Request([{"role": "user", "content": "### Instruction:\nQ\n\n### Response:"}], Sampling(max_tokens=8),
+                    raw=True),
             Request([{"role": "user", "content": "Q"}], Sampling(max_tokens=8)),
         ])
     finally:
