@@ -1,0 +1,1 @@
+"""Human review: an adapter interface, the Argilla implementation, resolution + agreement, the local server launcher."""
