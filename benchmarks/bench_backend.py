@@ -7,7 +7,10 @@ with another's. Both clients send N requests with at most ``--concurrency`` in f
 * ``evolkit``: ``OpenAIBackend(...).stream(requests)`` (retries, accounting, endpoint choice included);
 * ``plain``: ``AsyncOpenAI`` with an ``asyncio.Semaphore`` and one task per request (``asyncio.gather``), the usual loop.
 
+Both build each request's messages when they send it, so the input list is not counted as client memory.
+
 Usage: python benchmarks/bench_backend.py [--n 2000 8000] [--big] [--concurrency 128] [--repeat 1]
+                                          [--clients plain evolkit]
 Targets: evolkit's wall time within 1.2x of the plain loop's; its peak RSS flat in N.
 """
 
@@ -21,6 +24,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
@@ -72,13 +76,31 @@ def _messages(i: int) -> list[dict[str, str]]:
     return [{"role": "system", "content": "Solve step by step."}, {"role": "user", "content": f"What is {i} + {i}?"}]
 
 
+class _LazyRequests(Sequence):
+    """The N requests, built when the backend takes them: the input list is not counted as client memory."""
+
+    def __init__(self, n: int):
+        from evolkit.backends import Sampling
+
+        self.n = n
+        self.sampling = Sampling(max_tokens=16)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i):  # type: ignore[override]
+        from evolkit.backends import Request
+
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        return Request(_messages(i), self.sampling)
+
+
 async def run_evolkit(url: str, n: int, concurrency: int) -> int:
-    from evolkit.backends import Request, Sampling
     from evolkit.backends.openai import OpenAIBackend
 
     be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency)
-    sampling = Sampling(max_tokens=16)
-    reqs = [Request(_messages(i), sampling) for i in range(n)]
+    reqs = _LazyRequests(n)
     ok = 0
     async for _, res in be.stream(reqs):
         ok += res.ok
@@ -93,17 +115,17 @@ async def run_plain(url: str, n: int, concurrency: int) -> int:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     client = AsyncOpenAI(base_url=url, api_key="bench", max_retries=0, http_client=httpx.AsyncClient(limits=limits))
     sem = asyncio.Semaphore(concurrency)
-    msgs = [_messages(i) for i in range(n)]
 
-    async def one(m: list[dict[str, str]]) -> bool:
+    async def one(i: int) -> bool:
         async with sem:
+            m = _messages(i)
             try:
                 r = await client.chat.completions.create(model="bench", messages=m, max_tokens=16)  # type: ignore[arg-type]
                 return bool(r.choices[0].message.content)
             except Exception:
                 return False
 
-    ok = sum(await asyncio.gather(*(one(m) for m in msgs)))
+    ok = sum(await asyncio.gather(*(one(i) for i in range(n))))
     await client.close()
     return ok
 
@@ -138,6 +160,7 @@ def main() -> None:
     ap.add_argument("--big", action="store_true", help="add N = 32000")
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best wall time is reported")
+    ap.add_argument("--clients", nargs="+", choices=["plain", "evolkit"], default=["plain", "evolkit"])
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--measure", choices=["evolkit", "plain"], help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
@@ -155,7 +178,7 @@ def main() -> None:
         _measure_in_subprocess("plain", url, 200, args.concurrency)  # warm up the server and the page cache
         for n in ns:
             cell = {}
-            for impl in ("plain", "evolkit"):
+            for impl in args.clients:
                 runs = [_measure_in_subprocess(impl, url, n, args.concurrency) for _ in range(args.repeat)]
                 best = min(runs, key=lambda r: r["wall_s"])
                 best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
@@ -170,9 +193,10 @@ def main() -> None:
           f"best of {args.repeat}")
     print(f"{'N':>7} {'client':>8} {'wall s':>8} {'req/s':>8} {'peak RSS MB':>12} {'RSS after imports':>18} {'evolkit/plain':>14}")
     for n, cell in rows:
-        for impl in ("plain", "evolkit"):
+        for impl in args.clients:
             r = cell[impl]
-            ratio = f"{cell['evolkit']['wall_s'] / cell['plain']['wall_s']:.2f}x" if impl == "evolkit" else ""
+            both = len(cell) == 2
+            ratio = f"{cell['evolkit']['wall_s'] / cell['plain']['wall_s']:.2f}x" if impl == "evolkit" and both else ""
             print(f"{n:>7} {impl:>8} {r['wall_s']:>8.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
                   f"{r['rss_after_imports_mb']:>18.1f} {ratio:>14}")
 

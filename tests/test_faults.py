@@ -18,7 +18,8 @@ PLAN = FaultPlan({k: 0.1 for k in FAULT_KINDS}, max_failures=2, seed=3, always=(
 
 
 def _backend(url: str | list[str], **kw) -> OpenAIBackend:
-    opts = dict(request_timeout=1.0, max_retries=3, backoff_base=0.01, backoff_max=0.05, max_concurrency=128)
+    # The timeout is generous so that a slow normal answer on a loaded machine never counts as a fault.
+    opts = dict(request_timeout=2.5, max_retries=3, backoff_base=0.01, backoff_max=0.05, max_concurrency=128)
     opts.update(kw)
     return OpenAIBackend("fault-model", base_url=url, **opts)
 
@@ -39,7 +40,7 @@ async def _collect(be: OpenAIBackend, reqs: list[Request]) -> list[tuple[int, ob
 
 def test_every_item_completes_or_fails_with_a_reason() -> None:
     n, doomed = 160, (5, 77)
-    with FaultServer(plan=PLAN, hang_seconds=4, retry_after=0.2) as srv:
+    with FaultServer(plan=PLAN, hang_seconds=6, retry_after=0.2) as srv:
         be = _backend(srv.base_url)
         got = asyncio.run(_collect(be, _reqs(n, doomed=doomed)))
         log = srv.entries()
@@ -123,11 +124,11 @@ def test_sft_stage_records_failures_with_reasons(tmp_path) -> None:
     doomed_q = rows[4]["question"]
     plan = FaultPlan({k: 0.15 for k in FAULT_KINDS}, max_failures=1, seed=1, always=("DOOMED",))
     cfg = tmp_path / "faults.yaml"
-    with FaultServer(plan=plan, hang_seconds=4, retry_after=0.1) as srv:
+    with FaultServer(plan=plan, hang_seconds=6, retry_after=0.1) as srv:
         cfg.write_text(
             f"""
 name: faults
-backend: {{kind: openai, model: fault-model, base_url: "{srv.base_url}", request_timeout: 1.0, max_retries: 2}}
+backend: {{kind: openai, model: fault-model, base_url: "{srv.base_url}", request_timeout: 2.5, max_retries: 2}}
 sampling: {{max_tokens: 32}}
 seeds:
   - {{source: gsm8k, path: "{seeds}"}}
