@@ -74,6 +74,9 @@ class RLScriptArguments(common.DatasetArguments):
     prm_input: str = field(default="instruction", metadata={"help": "Problem text the PRM sees: instruction or prompt."})
     empty_answer_reward: float = field(default=0.0, metadata={"help": "r_A of a completion with no step."})
     reward_batch_size: int = field(default=8, metadata={"help": "Batch size of the IRM/PRM forward passes."})
+    max_prompt_tokens: int | None = field(
+        default=None, metadata={"help": "Skip prompts longer than this many tokens (any algo; TRL does not truncate)."}
+    )
 
 
 @dataclass
@@ -503,6 +506,13 @@ def train(script_args: RLScriptArguments, training_args: Any, model_args: Any, m
                                       script_args.max_train_samples))
     if tokenizer is None:
         tokenizer = common.load_tokenizer(script_args.tokenizer_name_or_path or name or model.config._name_or_path)
+    if script_args.max_prompt_tokens:
+        n0, limit = len(ds), script_args.max_prompt_tokens
+        ds = ds.filter(lambda r: len(tokenizer(r["prompt"])["input_ids"]) <= limit)
+        if len(ds) < n0:
+            log.warning("skipped %d of %d prompts longer than max_prompt_tokens=%d", n0 - len(ds), n0, limit)
+        if len(ds) == 0:
+            raise ConfigError(f"no prompt has at most max_prompt_tokens={limit} tokens")
     if reward is None:
         reward = _reward(script_args, training_args.device)
     push = common.take_push_settings(training_args)
