@@ -294,14 +294,26 @@ def test_rloo_runs_one_step(tmp_path, tiny_llama_dir, published_dir, irm_run, pr
 # ------------------------------------------------------------------------------------------------------------ push
 
 
-def test_a_trainer_pushes_its_model_and_card_to_the_hub(tmp_path, hub_server, tiny_qwen2_dir, published_dir):
-    repo = hub_server.new_repo_id("prm")
-    out = tmp_path / "prm"
-    prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "1", "--push_to_hub",
-                   "--hub_model_id", repo, "--hub_token", hub_server.token))
-    files = set(hub_server.api().list_repo_files(repo))
-    assert {"README.md", "model.safetensors", "config.json", "prm_config.json", "tokenizer.json"} <= files
+def test_a_trainer_reads_a_hub_dataset_and_pushes_its_model_and_card(tmp_path, tmp_path_factory, hub_server,
+                                                                     tiny_qwen2_dir, published_dir):
     from huggingface_hub import hf_hub_download
 
+    from evolkit.publish import publish_run
+    from tests.fixture_run import build_fixture_run
+
+    # the same pipeline run, published to the (local test) Hub this time: the trainer loads it by repo id
+    data_repo = hub_server.new_repo_id("evolkit-math")
+    run = build_fixture_run(tmp_path_factory.getbasetemp() / "publish-fixture")  # built by published_dir already
+    publish_run(run, repo=data_repo, token=hub_server.token, min_split_rows=10, test_size=0.2)
+    repo = hub_server.new_repo_id("prm")
+    out = tmp_path / "prm"
+    trainer = prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, Path(data_repo), out, "--max_steps", "1",
+                             "--push_to_hub", "--hub_model_id", repo, "--hub_token", hub_server.token))
+    assert trainer.args.push_to_hub is False  # our push (card included), not the Trainer's checkpoint pushes
+    files = set(hub_server.api().list_repo_files(repo))
+    assert {"README.md", "model.safetensors", "config.json", "prm_config.json", "tokenizer.json"} <= files
+    assert not any(f.startswith("checkpoint-") for f in files)
     card = Path(hf_hub_download(repo, "README.md", token=hub_server.token)).read_text()
     assert f"# {repo}" in card and "process-reward-model" in card
+    meta = _card_meta(out)
+    assert meta["datasets"] == [data_repo]  # a Hub dataset id goes into the card metadata
