@@ -242,8 +242,10 @@ def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, publish
 
     out = tmp_path / "ppo"
     trainer = ppo.main(_args("ppo_tiny.yaml", tiny_llama_dir, published_dir, out,
-                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1])))
+                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1]),
+                             "--save_strategy", "steps", "--save_steps", "1"))
     assert isinstance(trainer, ppo.PPOTrainer) and trainer.num_updates == 2
+    assert (out / "checkpoint-1" / ppo.VALUE_HEAD_FILE).exists() and not (out / "checkpoint-2").exists()
     rows = trainer.log_history
     assert len(rows) == 2
     for row in rows:

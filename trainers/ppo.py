@@ -12,6 +12,8 @@ several epochs of minibatches per rollout batch with the clipped policy and valu
 old PPO: a rollout batch is ``per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches`` prompts
 per process; one optimizer step per minibatch of ``per_device_train_batch_size * gradient_accumulation_steps``.
 ``max_steps`` > 0 counts rollout batches; otherwise ``total_episodes`` (default ``num_train_epochs`` x prompts).
+``save_strategy: steps`` saves the policy and value head every ``save_steps`` rollout batches (no optimizer state:
+PPO runs do not resume). The IRM and PRM are loaded in the policy's ``dtype``.
 
 ``--algo grpo`` / ``--algo rloo``: TRL's GRPOTrainer / RLOOTrainer with the same reward as one callable (TRL sums
 several reward functions, so the product lives inside one); their configs (GRPOConfig/RLOOConfig) replace PPOConfig,
@@ -441,6 +443,9 @@ class PPOTrainer:
             for k, v in row.items():
                 if not math.isfinite(v):
                     raise FloatingPointError(f"PPO update {update}: {k} = {v}")
+            if (args.save_strategy == "steps" and args.save_steps and update % int(args.save_steps) == 0
+                    and update < self.num_updates):
+                self.save_model(str(Path(args.output_dir) / f"checkpoint-{update}"))
         if acc.trackers:
             acc.end_training()
         return self.log_history
@@ -514,7 +519,8 @@ def train(script_args: RLScriptArguments, training_args: Any, model_args: Any, m
         if len(ds) == 0:
             raise ConfigError(f"no prompt has at most max_prompt_tokens={limit} tokens")
     if reward is None:
-        reward = _reward(script_args, training_args.device)
+        dtype = model_args.dtype if model_args.dtype not in (None, "auto") else "float32"
+        reward = _reward(script_args, training_args.device, getattr(torch, dtype))
     push = common.take_push_settings(training_args)
     out = training_args.output_dir
     if script_args.algo == "ppo":
