@@ -244,6 +244,8 @@ def test_parse_args_yaml_cli_precedence_and_cpu_defaults(tmp_path):
     cfg.write_text("learning_rat: 0.1\n")
     with pytest.raises(ConfigError, match="learning_rat"):
         common.parse_args(types, ["--config", str(cfg), "--output_dir", str(tmp_path)], device="cpu")
+    with pytest.raises(ConfigError, match="learning_rat"):  # no prefix matching of option names
+        common.parse_args(types, ["--learning_rat", "1", "--output_dir", str(tmp_path)], device="cpu")
     with pytest.raises(ConfigError, match="no_such_flag"):
         common.parse_args(types, ["--no_such_flag", "1", "--output_dir", str(tmp_path)], device="cpu")
 

@@ -141,7 +141,7 @@ def parse_args(
     for k, v in env.items():
         os.environ[str(k)] = str(v)
 
-    parser = TrlParser(list(dataclass_types))
+    parser = TrlParser(list(dataclass_types), allow_abbrev=False)  # a typo must not match a longer option
     device = device or accelerator_type()
     if device == "cpu":
         parser.set_defaults_with_config(**cpu_defaults())
