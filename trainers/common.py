@@ -28,7 +28,7 @@ log = logging.getLogger("evolkit.trainers")
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
-# ---------------------------------------------------------------------------------------------------------------- device
+# --------------------------------------------------------------------------------------------------------------- device
 
 
 def accelerator_type() -> str:
@@ -55,7 +55,7 @@ def cpu_defaults() -> dict[str, Any]:
     return {"bf16": False, "fp16": False, "gradient_checkpointing": None}
 
 
-# ------------------------------------------------------------------------------------------------------------- arguments
+# ------------------------------------------------------------------------------------------------------------ arguments
 
 
 @dataclass
@@ -166,7 +166,7 @@ def parse_args(
         raise
 
 
-# --------------------------------------------------------------------------------------------------------------- dataset
+# -------------------------------------------------------------------------------------------------------------- dataset
 
 
 def load_split(
@@ -250,7 +250,7 @@ def ensure_saved(model: Any, directory: str | os.PathLike[str], tokenizer: Any =
     return str(d)
 
 
-# ------------------------------------------------------------------------------------------------------------ model card
+# ----------------------------------------------------------------------------------------------------------- model card
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
@@ -372,8 +372,8 @@ def write_model_card(
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     base_id, data_id = hub_id_or_none(base_model), hub_id_or_none(dataset_name)
-    tags = ["evolkit", "wizardmath", "rleif", "math", {"sft": "sft", "irm": "reward-model", "prm": "process-reward-model",
-                                                       "ppo": "reinforcement-learning"}.get(stage, stage)]
+    stage_tag = {"sft": "sft", "irm": "reward-model", "prm": "process-reward-model", "ppo": "reinforcement-learning"}
+    tags = ["evolkit", "wizardmath", "rleif", "math", stage_tag.get(stage, stage)]
     if peft:
         tags.append("lora")
     data = ModelCardData(
@@ -393,6 +393,7 @@ def write_model_card(
                         for k, v in sorted(metrics.items()))
     versions = "\n".join(f"- {k} {v}" for k, v in _versions().items())
     name = repo_id or out.name
+    lora = ", LoRA adapter" if peft else ""
     source = f"`{dataset_name}`" + (f" (config `{dataset_config}`)" if dataset_config else "")
     rows = f", {n_train_rows} training rows" if n_train_rows is not None else ""
     body = f"""---
@@ -403,7 +404,7 @@ def write_model_card(
 
 {STAGE_TEXT.get(stage, stage)}
 
-Trained with [evolkit](https://arxiv.org/abs/2308.09583) `trainers/` (stage `{stage}`{", LoRA adapter" if peft else ""}).
+Trained with evolkit `trainers/` (stage `{stage}`{lora}), the WizardMath recipe (arXiv 2308.09583).
 
 ## Training data
 
@@ -442,7 +443,7 @@ Base model: `{base_model}`.
     return path
 
 
-# ------------------------------------------------------------------------------------------------------------------ push
+# ----------------------------------------------------------------------------------------------------------------- push
 
 
 def take_push_settings(training_args: Any) -> dict[str, Any] | None:

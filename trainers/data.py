@@ -97,7 +97,8 @@ def reward_dataset(ds: Any, use_margin: bool = True, margin: str = "scores", mar
             raise DataError("irm_rankings: no ranking has two variants of different rank")
         ds = Dataset.from_list(rows)
     elif not {"chosen", "rejected"} <= set(cols):
-        raise DataError(f"reward dataset needs chosen/rejected columns (irm_pairs) or variants (irm_rankings); has {cols}")
+        raise DataError(
+            f"reward dataset needs chosen/rejected columns (irm_pairs) or variants (irm_rankings); has {cols}")
     elif "margin" in cols and margin_scale != 1.0:
         ds = ds.map(lambda r: {"margin": float(r["margin"]) * margin_scale})
     keep = ["chosen", "rejected"]

@@ -20,7 +20,8 @@ several reward functions, so the product lives inside one); their configs (GRPOC
 including vLLM generation (``use_vllm``).
 
     python -m trainers.ppo --config trainers/configs/ppo_tiny.yaml --model_name_or_path SFT_DIR \\
-        --irm_model_name_or_path IRM_DIR --prm_model_name_or_path PRM_DIR --dataset_name ./published --output_dir out/ppo
+        --irm_model_name_or_path IRM_DIR --prm_model_name_or_path PRM_DIR --dataset_name ./published \\
+        --output_dir out/ppo
     python -m trainers.ppo --algo grpo --config trainers/configs/grpo_tiny.yaml ...
 """
 
@@ -73,7 +74,8 @@ class RLScriptArguments(common.DatasetArguments):
         default=None, metadata={"help": "Trained PRM (trainers.prm); unset: r_A = 1."}
     )
     answer_aggregation: str = field(default="min", metadata={"help": "r_A from step probabilities: min or prod."})
-    prm_input: str = field(default="instruction", metadata={"help": "Problem text the PRM sees: instruction or prompt."})
+    prm_input: str = field(default="instruction",
+                           metadata={"help": "Problem text the PRM sees: instruction or prompt."})
     empty_answer_reward: float = field(default=0.0, metadata={"help": "r_A of a completion with no step."})
     reward_batch_size: int = field(default=8, metadata={"help": "Batch size of the IRM/PRM forward passes."})
     max_prompt_tokens: int | None = field(
@@ -83,7 +85,7 @@ class RLScriptArguments(common.DatasetArguments):
 
 @dataclass
 class PPOConfig(TrainingArguments):
-    """TrainingArguments plus PPO's settings. bf16 and activation checkpointing follow the device when unset."""
+    """TrainingArguments plus PPO's settings. bf16 / activation checkpointing follow the device when unset."""
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
 
@@ -176,7 +178,7 @@ def parse(argv: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
     return common.parse_args((RLScriptArguments, config_class(_peek_algo(argv)), ModelConfig), argv)
 
 
-# ------------------------------------------------------------------------------------------------------------------- PPO
+# ------------------------------------------------------------------------------------------------------------------ PPO
 
 
 class PolicyWithValueHead(nn.Module):
@@ -365,8 +367,8 @@ class PPOTrainer:
         adv, returns = gae(rewards, value, mask, args.gamma, args.lam)
         adv = masked_whiten(adv, mask) * mask
         return {
-            "qr": qr, "attn": attn, "pos": pos, "responses": responses, "mask": mask, "logp": logp, "values": value * mask,
-            "adv": adv, "returns": returns, "P": P,
+            "qr": qr, "attn": attn, "pos": pos, "responses": responses, "mask": mask, "logp": logp,
+            "values": value * mask, "adv": adv, "returns": returns, "P": P,
             "stats": {
                 "objective/scores": scores.mean(), "objective/r_I": torch.tensor(comp["r_I"]).float().mean(),
                 "objective/r_A": torch.tensor(comp["r_A"]).float().mean(), "objective/kl": kl.sum(1).mean(),
@@ -471,7 +473,7 @@ class PPOTrainer:
         (out / "ppo_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in self.log_history))
 
 
-# ------------------------------------------------------------------------------------------------------------ wiring
+# --------------------------------------------------------------------------------------------------------------- wiring
 
 
 def _reward(script_args: RLScriptArguments, device: Any, dtype: Any = None) -> RLEIFReward:

@@ -34,7 +34,10 @@ class PRMScriptArguments(common.DatasetArguments):
 
 @dataclass
 class PRMConfig(TrainingArguments):
-    """TrainingArguments plus the PRM's data settings. bf16 and activation checkpointing follow the device when unset."""
+    """TrainingArguments plus the PRM's data settings.
+
+    bf16 and activation checkpointing follow the device when unset (on with a GPU, off on CPU).
+    """
 
     _VALID_DICT_FIELDS = [*TrainingArguments._VALID_DICT_FIELDS, "model_init_kwargs"]
 
