@@ -274,8 +274,26 @@ def test_grpo_with_kl_saves_an_in_memory_policy_for_the_reference(tmp_path, smol
         "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1]),
     ])
     assert script_args.algo == "grpo" and training_args.beta > 0
+    from trainers.rewards import RLEIFReward
+
+    class Recording(RLEIFReward):
+        """The script's reward, recording the dataset columns TRL passes to it."""
+
+        def __call__(self, prompts, completions, **kwargs):
+            self.columns = kwargs
+            return super().__call__(prompts, completions, **kwargs)
+
+    built = ppo._reward(script_args, training_args.device)
+    assert built.aggregation == "prod"  # grpo_tiny.yaml
+    reward_fn = Recording(built.irm, built.prm, built.aggregation)
     model = build_tiny_model("llama", smollm2_tokenizer, seed=3)  # built in memory: no path to reload from
-    trainer = ppo.train(script_args, training_args, model_args, model=model, tokenizer=smollm2_tokenizer)
+    trainer = ppo.train(script_args, training_args, model_args, model=model, tokenizer=smollm2_tokenizer,
+                        reward=reward_fn)
+    # the instruction (what the IRM scores) arrives as an extra dataset column, one per completion
+    cols = reward_fn.columns
+    assert len(cols["instruction"]) == len(reward_fn.last["r"]) > 0 and "gold_answer" in cols
+    assert reward_fn.last["r"] == pytest.approx([a * b for a, b in zip(reward_fn.last["r_I"], reward_fn.last["r_A"],
+                                                                        strict=True)])
     assert (out / "_initial_policy" / "config.json").exists()
     assert trainer.ref_model is not None
     losses = _losses(trainer)
