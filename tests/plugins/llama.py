@@ -8,7 +8,8 @@ end of the session. Its log is a temporary file (the tail is shown when it fails
 
 When the binary or the model is missing, tests that use the fixture are skipped with the reason, unless the environment
 variable ``CI`` is set: then they fail, so a missing install step cannot pass unnoticed. Install with
-``bash scripts/install_test_deps.sh``. ``EVOLKIT_LLAMA_SERVER`` may point at another ``llama-server`` binary.
+``bash scripts/install_test_deps.sh``. ``EVOLKIT_LLAMA_SERVER`` may point at another ``llama-server`` binary;
+``EVOLKIT_LLAMA_THREADS`` sets its thread count (default: half the cores).
 """
 
 from __future__ import annotations
@@ -105,7 +106,9 @@ def _healthy(url: str) -> bool:
 def start_llama_server(binary: Path, gguf: Path, log_dir: Path) -> LlamaServer:
     port = _free_port()
     log_path = log_dir / "llama-server.log"
-    threads = str(max(1, min(8, os.cpu_count() or 1)))
+    # Half the cores: llama.cpp's threads meet at a barrier on every op, so on a small shared machine (2 cores, other
+    # tests running) as many threads as cores makes generation 10x slower, not faster.
+    threads = os.environ.get("EVOLKIT_LLAMA_THREADS") or str(max(1, min(8, (os.cpu_count() or 2) // 2)))
     cmd = [
         str(binary), "--model", str(gguf), "--host", "127.0.0.1", "--port", str(port),
         "--alias", MODEL_NAME, "-np", str(PARALLEL), "-c", str(CONTEXT), "-t", threads, "-tb", threads,
