@@ -2,17 +2,21 @@
 
 Three parts:
 
-* **Extraction** (pure Python, cheap, safe on any input): :func:`extract_answer` pulls the final answer out of a model's
-  text (``The answer is: X`` > ``#### X`` > last ``\\boxed{X}``/``\\fbox{X}`` > Minerva ``Final Answer: ...`` > a last line
-  ``A: X``); :func:`gsm8k_gold` and :func:`math_gold` read the reference answers of the two datasets;
-  :func:`normalize_answer` makes a display / string key.
-* **Equivalence**: :class:`AnswerChecker` decides whether two answers are mathematically the same. Cheap cases are decided in
-  the calling process (missing answer, identical normalised strings, two plain numbers, two simple fractions/decimals);
-  everything else goes to ``math-verify`` (sympy) in a pool of worker processes, where two scalar expressions that differ
-  numerically are called different without sympy's costly ``simplify``. Each item has a hard timeout: a worker that
-  overruns it is killed (SIGKILL) and replaced, and the item gets ``reason="timeout"``. Results are cached per pair.
-  :func:`majority_answer` clusters sampled answers by equivalence (self-consistency voting).
+* **Extraction** (pure Python, cheap, safe on any input): :func:`extract_answer` pulls the final answer out of a
+  model's text (``The answer is: X`` > ``#### X`` > last ``\\boxed{X}``/``\\fbox{X}`` > Minerva ``Final Answer: ...``
+  > colon-less ``the answer is X`` > a line ``A: X``); :func:`gsm8k_gold` and :func:`math_gold` read the reference
+  answers of the two datasets; :func:`normalize_answer` makes a display / string key.
+* **Equivalence**: :class:`AnswerChecker` decides whether two answers are mathematically the same. Cheap cases are
+  decided in the calling process (missing answer, identical normalised strings, two plain numbers, two simple
+  fractions/decimals); everything else goes to ``math-verify`` (sympy) in a pool of worker processes, where two
+  scalar expressions that differ numerically are called different without sympy's costly ``simplify``. Each item has
+  a hard timeout: a worker that overruns it is killed (SIGKILL) and replaced, and the item gets ``reason="timeout"``.
+  Results are cached per pair. :func:`majority_answer` clusters sampled answers by equivalence (self-consistency).
 * **Step splitting** for process reward models: :func:`split_steps` never cuts inside a LaTeX block.
+
+The pool uses the ``forkserver`` (or ``spawn``) start method, which re-imports the parent's ``__main__`` script in
+each worker: a script that uses :class:`AnswerChecker` needs the usual ``if __name__ == "__main__":`` guard (without
+it, the worker refuses to recurse and the items get ``reason="error"``).
 
 Pair order convention: everywhere a pair is taken it is ``(answer, gold)`` (candidate first, reference second).
 ``math-verify`` is not symmetric in a few corners (an equation as gold vs a bare value as answer); we call it with
@@ -316,7 +320,8 @@ def _plain_number(s: str) -> Decimal | None:
 
 
 def _numbers_equal(a: str, b: str, da: Decimal, db: Decimal) -> bool:
-    """Same rule as math-verify for two numbers: exact for integers, rounded to 6 decimals when a decimal is involved."""
+    """Same rule as math-verify for two numbers: exact for integers, rounded to 6 decimals when a decimal is
+    involved."""
     if da == db:
         return True
     if "." not in a and "." not in b:
@@ -949,7 +954,8 @@ def majority_answer(answers: Sequence[str | None], checker: AnswerChecker) -> tu
 # --------------------------------------------------------------------------------------------------------------------
 
 _STEP_MARKER_RE = re.compile(
-    r"(?:^|(?<=\n)|(?<=[.!?])[ \t]+)[ \t>]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*step[ \t]*\d+[ \t]*(?:\*\*|__)?[ \t]*[:.)]",
+    r"(?:^|(?<=\n)|(?<=[.!?])[ \t]+)[ \t>]*(?:#{1,6}[ \t]*)?(?:\*\*|__)?[ \t]*"
+    r"step[ \t]*\d+[ \t]*(?:\*\*|__)?[ \t]*[:.)]",
     re.IGNORECASE,
 )
 _BEGIN_RE = re.compile(r"\\begin\s*\{([^{}]+)\}")
@@ -972,10 +978,9 @@ def _find_unescaped(text: str, token: str, start: int) -> int:
 
 
 def _latex_spans(text: str) -> list[tuple[int, int]]:
-    """Half-open spans of LaTeX blocks: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)``, ``\\begin{x}..\\end{x}`` (nesting aware),
-    inline ``$..$``. A multi-line inline ``$..$`` counts only when it looks like math (no blank line inside, some
-    LaTeX characters, closing ``$`` not followed by a digit or ``<``) — so currency in word problems does not glue
-    lines together."""
+    """Half-open spans of LaTeX blocks: ``$$..$$``, ``\\[..\\]``, ``\\(..\\)``, ``\\begin{x}..\\end{x}``
+    (nesting aware), inline ``$..$``. A multi-line inline ``$..$`` counts only when it looks like math (see
+    :func:`_multiline_inline_ok`), so that currency signs in word problems do not glue lines together."""
     spans: list[tuple[int, int]] = []
     n = len(text)
     i = 0

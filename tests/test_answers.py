@@ -408,6 +408,24 @@ def test_close_stops_workers():
         ch.check_many([("1", "2")])
 
 
+def test_script_without_main_guard_fails_cleanly(tmp_path):
+    """forkserver/spawn workers re-run the parent's __main__ script: without the guard, the checker must neither spawn
+    workers forever nor hang, but answer with errors."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from evolkit.answers import AnswerChecker\n"
+        "ch = AnswerChecker(workers=1, fast_path=False)\n"
+        "print('VERDICT', ch.check('x+1', '1+x').reason)\n"
+        "ch.close()\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, env=env)
+    assert "VERDICT error" in out.stdout, (out.stdout, out.stderr[-2000:])
+
+
 def test_acheck_many_does_not_block_the_event_loop(checker):
     async def main():
         ticks = 0
@@ -466,7 +484,8 @@ def test_majority_answer_edge_cases(checker):
         ("**Step 1:** Add.\n\n**Step 2:** Done.", ["**Step 1:** Add.", "**Step 2:** Done."]),
         ("Let's think.\nstep 1: a b\nSTEP 2: c", ["Let's think.", "step 1: a b", "STEP 2: c"]),
         ("First we add. Step 1: add. Step 2: carry.", ["First we add.", "Step 1: add.", "Step 2: carry."]),
-        ("Para one\nstill one.\n\nPara two.\n\n\n  Para three.  ", ["Para one\nstill one.", "Para two.", "Para three."]),
+        ("Para one\nstill one.\n\nPara two.\n\n\n  Para three.  ",
+         ["Para one\nstill one.", "Para two.", "Para three."]),
         ("a\nb\n\n", ["a", "b"]),
         ("one line", ["one line"]),
         ("", []),
@@ -480,7 +499,8 @@ def test_majority_answer_edge_cases(checker):
         ("\\begin{cases} 1 \\\\\n\\begin{cases} 2 \\end{cases}\n\n\\end{cases}\n\nz",
          ["\\begin{cases} 1 \\\\\n\\begin{cases} 2 \\end{cases}\n\n\\end{cases}", "z"]),
         ("Line one $x +\n y = 2$ ok\nLine two\nLine three", ["Line one $x +\n y = 2$ ok", "Line two", "Line three"]),
-        ("Step 1: $$a\n\nStep 2: not a step$$ b\nStep 2: real", ["Step 1: $$a\n\nStep 2: not a step$$ b", "Step 2: real"]),
+        ("Step 1: $$a\n\nStep 2: not a step$$ b\nStep 2: real",
+         ["Step 1: $$a\n\nStep 2: not a step$$ b", "Step 2: real"]),
         # currency signs in word problems do not glue lines together
         ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nShe earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
          ["Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.", "She earned 0.2 x 50 = $<<0.2*50=10>>10.", "#### 10"]),
