@@ -48,22 +48,34 @@ def _card_meta(folder: Path) -> dict:
     return yaml.safe_load((folder / "README.md").read_text().split("---")[1])
 
 
-# --------------------------------------------------------------------------------------------------- session runs
+# ---------------------------------------------------------------------------------------------------- module runs
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module", autouse=True)
+def _torch_threads():
+    """Half the cores for torch while these tests run (restored after): OpenMP threads spin while they wait, and on a
+    busy 2-core machine a second thread made a PRM step ~20x slower (tiny models gain little from it anyway)."""
+    import os
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(os.environ.get("EVOLKIT_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) // 2))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_llama_dir, published_dir):
     out = tmp_path_factory.mktemp("sft") / "model"
     return sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "3")), out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def irm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
     out = tmp_path_factory.mktemp("irm") / "model"
     return reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def prm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
     out = tmp_path_factory.mktemp("prm") / "model"
     return prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out

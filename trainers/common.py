@@ -521,6 +521,16 @@ def setup_logging() -> None:
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
 
 
+def setup_threads() -> None:
+    """On CPU, ``EVOLKIT_TORCH_THREADS`` sets torch's thread count (as for evolkit's transformers backend): on a busy
+    machine fewer threads than cores can be much faster, since idle OpenMP threads spin."""
+    n = int(os.environ.get("EVOLKIT_TORCH_THREADS", 0) or 0)
+    if n > 0 and accelerator_type() == "cpu":
+        import torch
+
+        torch.set_num_threads(n)
+
+
 def run_main(main: Any, argv: Sequence[str] | None = None) -> Any:
     """Run a script's ``main`` and print user-fixable errors without a traceback (as the evolkit CLI does)."""
     from evolkit.errors import EvolkitError

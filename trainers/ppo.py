@@ -582,6 +582,7 @@ def _train_trl(algo: str, args: Any, model_args: Any, name: str | None, model: A
 
 def main(argv: Sequence[str] | None = None) -> Any:
     common.setup_logging()
+    common.setup_threads()
     return train(*parse(argv))
 
 

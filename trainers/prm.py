@@ -242,6 +242,7 @@ def step_probabilities(model: Any, tokenizer: Any, problem: str, solution: str |
 
 def main(argv: Sequence[str] | None = None) -> Any:
     common.setup_logging()
+    common.setup_threads()
     return train(*parse(argv))
 
 

@@ -87,6 +87,7 @@ def train(script_args: RewardScriptArguments, training_args: Any, model_args: An
 
 def main(argv: Sequence[str] | None = None) -> Any:
     common.setup_logging()
+    common.setup_threads()
     return train(*parse(argv))
 
 

@@ -82,6 +82,7 @@ def train(script_args: SFTScriptArguments, training_args: Any, model_args: Any, 
 
 def main(argv: Sequence[str] | None = None) -> Any:
     common.setup_logging()
+    common.setup_threads()
     return train(*parse(argv))
 
 
