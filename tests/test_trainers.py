@@ -141,6 +141,18 @@ def test_sft_lora_trains_an_adapter_that_reloads(tmp_path, tiny_llama_dir, publi
     assert meta["library_name"] == "peft" and "lora" in meta["tags"]
 
 
+def test_sft_lora_merge_adapter_saves_full_weights(tmp_path, tiny_llama_dir, published_dir):
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "merged"
+    sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "1", "--use_peft",
+                   "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--merge_adapter"))
+    assert not (out / "adapter_config.json").exists()
+    model = AutoModelForCausalLM.from_pretrained(out)  # what the RL stage loads
+    assert not any("lora" in n for n, _ in model.named_parameters())
+    assert _card_meta(out)["library_name"] == "transformers"
+
+
 # ------------------------------------------------------------------------------------------------------------- IRM
 
 
@@ -245,6 +257,25 @@ def test_prm_reloads_and_gives_step_probabilities(prm_run, published_dir):
     assert _card_meta(out)["pipeline_tag"] == "token-classification"
 
 
+def test_lora_irm_and_prm_save_adapters_that_the_scorers_load(tmp_path, tiny_qwen2_dir, published_dir):
+    from trainers.prm import load_prm, step_probabilities
+    from trainers.rewards import IRMScorer
+
+    lora = ["--max_steps", "1", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
+    irm_out, prm_out = tmp_path / "irm", tmp_path / "prm"
+    irm_trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, irm_out, *lora))
+    prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, prm_out, *lora))
+    for out in (irm_out, prm_out):
+        assert (out / "adapter_config.json").exists() and _card_meta(out)["library_name"] == "peft"
+    texts = ["What is 2 + 2?", "Compute 17 * 3."]
+    scorer = IRMScorer.from_pretrained(str(irm_out))  # adapter merged into its base, score head included
+    trained = IRMScorer(irm_trainer.model.eval(), irm_trainer.processing_class)
+    assert scorer.scores(texts) == pytest.approx(trained.scores(texts), abs=1e-4)
+    model, tok = load_prm(str(prm_out))
+    probs = step_probabilities(model, tok, "What is 2 + 2?", ["Step 1: 2 + 2 = 4.", "The answer is: 4"])
+    assert len(probs) == 2 and all(0.0 < p < 1.0 for p in probs)
+
+
 # -------------------------------------------------------------------------------------------------------------- RL
 
 
@@ -265,6 +296,8 @@ def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, publish
                     "policy/clipfrac", "policy/approxkl", "loss/policy", "loss/value", "val/clipfrac"):
             assert math.isfinite(row[key]), key
         assert 0.0 <= row["objective/scores"] <= 1.0 and 0.0 <= row["policy/clipfrac"] <= 1.0
+        # the update's forward pass reproduces the rollout's log-probs before the first optimizer step
+        assert row["policy/initial_logratio_absmax"] < 1e-4
     assert rows[-1]["episode"] == 8  # 2 rollout batches x (2 per device x 1 accumulation x 2 minibatches)
     # the score of each response is r_I x r_A from the IRM and PRM
     last = trainer.reward.last

@@ -101,7 +101,7 @@ class PPOConfig(TrainingArguments):
     response_length: int = field(default=512, metadata={"help": "Maximum new tokens per response."})
     temperature: float = field(default=0.7, metadata={"help": "Sampling temperature (logprobs use the same)."})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling."})
-    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off)."})
+    top_k: int = field(default=0, metadata={"help": "Top-k sampling (0 = off). Log-probs ignore top_p/top_k."})
     total_episodes: int | None = field(default=None, metadata={"help": "Responses to train on (all processes)."})
     missing_eos_penalty: float | None = field(
         default=None, metadata={"help": "Subtracted from the score of a response that never emits EOS."}
@@ -125,6 +125,8 @@ class PPOConfig(TrainingArguments):
         if self.activation_checkpointing is None and self.gradient_checkpointing is None:
             self.activation_checkpointing = on_gpu
         super().__post_init__()
+        if self.temperature <= 0:
+            raise ValueError("temperature must be > 0 (PPO samples, and divides the logits by it)")
         if self.kl_estimator not in ("k1", "k3"):
             raise ValueError(f"kl_estimator must be k1 or k3, not {self.kl_estimator!r}")
 
@@ -319,14 +321,18 @@ class PPOTrainer:
         query, qmask = batch["input_ids"], batch["attention_mask"]
         P = query.size(1)
         stop = self._stop_ids()
-        gen_kwargs = dict(max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
-                          top_p=args.top_p, top_k=args.top_k or None, pad_token_id=self.tokenizer.pad_token_id,
-                          eos_token_id=stop, use_cache=True)
+        # A fresh generation config: a checkpoint's own defaults (top_k=50, repetition penalty...) would sample from
+        # another distribution than the one the log-probs below are computed from.
+        from transformers import GenerationConfig
+
+        gen_config = GenerationConfig(max_new_tokens=args.response_length, do_sample=True, temperature=args.temperature,
+                                      top_p=args.top_p, top_k=args.top_k, pad_token_id=self.tokenizer.pad_token_id,
+                                      eos_token_id=stop, use_cache=True)
         mb = args.per_device_train_batch_size
         seqs = []
         for i in range(0, query.size(0), mb):
             out = unwrapped.policy.generate(input_ids=query[i : i + mb], attention_mask=qmask[i : i + mb],
-                                            **gen_kwargs)
+                                            generation_config=gen_config)
             seqs.append(out[:, P:])
         width = max(s.size(1) for s in seqs)
         pad = self.tokenizer.pad_token_id
@@ -387,6 +393,7 @@ class PPOTrainer:
         mb, mini = args.per_device_train_batch_size, args.mini_batch_size
         sums: dict[str, float] = {}
         count = 0
+        first_logratio = None
         self.model.train()
         for _ in range(args.num_ppo_epochs):
             perm = torch.randperm(B, device=ro["qr"].device)
@@ -400,6 +407,8 @@ class PPOTrainer:
                         new_logp = logprobs_from_logits(logits, ro["responses"][idx])
                         vpred = v[:, P - 1 : -1].float()
                         m = ro["mask"][idx]
+                        if first_logratio is None:  # before any update: must be ~0 (same weights, same inputs)
+                            first_logratio = ((new_logp - ro["logp"][idx]).abs() * m).max().item()
                         pg, pg_stats = policy_loss(new_logp, ro["logp"][idx], ro["adv"][idx], m, args.cliprange)
                         vf, vf_stats = value_loss(vpred, ro["values"][idx], ro["returns"][idx], m,
                                                   args.cliprange_value)
@@ -422,7 +431,11 @@ class PPOTrainer:
                         sums[k] = sums.get(k, 0.0) + val
                     count += 1
         self.model.eval()
-        return {k: torch.tensor(v / max(count, 1), device=acc.device) for k, v in sums.items()}
+        out = {k: torch.tensor(v / max(count, 1), device=acc.device) for k, v in sums.items()}
+        # |log pi_new - log pi_old| on the first micro-batch, before the first step: a sanity check that the training
+        # forward pass reproduces the rollout's log-probs (padding, positions, dropout, temperature)
+        out["policy/initial_logratio_absmax"] = torch.tensor(first_logratio or 0.0, device=acc.device)
+        return out
 
     def train(self) -> list[dict[str, float]]:
         args, acc = self.args, self.accelerator
