@@ -299,6 +299,9 @@ def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, publish
         # the update's forward pass reproduces the rollout's log-probs before the first optimizer step
         assert row["policy/initial_logratio_absmax"] < 1e-4
     assert rows[-1]["episode"] == 8  # 2 rollout batches x (2 per device x 1 accumulation x 2 minibatches)
+    # one scheduler step per optimizer step: 2 rollouts x 2 PPO epochs x 2 minibatches = 8, linear decay from 1e-4
+    assert trainer.optimizer_steps == 8
+    assert [r["lr"] for r in rows] == pytest.approx([1e-4 * 4 / 8, 0.0])
     # the score of each response is r_I x r_A from the IRM and PRM
     last = trainer.reward.last
     assert last["r"] == pytest.approx([a * b for a, b in zip(last["r_I"], last["r_A"], strict=True)])

@@ -280,8 +280,10 @@ class PPOTrainer:
             args.lr_scheduler_type, self.optimizer, num_warmup_steps=args.get_warmup_steps(self.optimizer_steps),
             num_training_steps=self.optimizer_steps, scheduler_specific_kwargs=args.lr_scheduler_kwargs or {},
         )
-        self.model, self.optimizer, self.dataloader, self.scheduler = self.accelerator.prepare(
-            self.model, self.optimizer, self.dataloader, self.scheduler
+        # The scheduler is stepped by hand after each real optimizer step (accelerate's prepared scheduler steps once
+        # per process, which would shorten the schedule in multi-GPU runs).
+        self.model, self.optimizer, self.dataloader = self.accelerator.prepare(
+            self.model, self.optimizer, self.dataloader
         )
         self.ref_policy.to(self.accelerator.device)
         self.log_history: list[dict[str, float]] = []
@@ -417,7 +419,8 @@ class PPOTrainer:
                         if acc.sync_gradients and args.max_grad_norm:
                             acc.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)
                         self.optimizer.step()
-                        self.scheduler.step()
+                        if acc.sync_gradients:
+                            self.scheduler.step()
                         self.optimizer.zero_grad()
                     with torch.no_grad():
                         step = {
