@@ -38,6 +38,10 @@ def _add_run_args(p: argparse.ArgumentParser, config_required: bool = False) -> 
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set seeds.0.n=50 --set backend.kind=openai (YAML values)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
+    p.add_argument("--executor", choices=["local", "ray"], default=None,
+                   help="where generation runs: this process (local, default) or shards over a Ray cluster (ray)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: the cluster to join (ray.init(address=...), e.g. auto or ray://head:10001)")
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
@@ -73,6 +77,10 @@ def load_run_config(args: argparse.Namespace) -> Any:
     from pydantic import ValidationError
 
     overrides = _overrides(getattr(args, "set", []))
+    if getattr(args, "executor", None):
+        overrides["executor.kind"] = args.executor
+    if getattr(args, "ray_address", None):
+        overrides["executor.address"] = args.ray_address
     saved = Path(args.output_dir) / "config.yaml" if getattr(args, "output_dir", None) else None
     if not args.config and getattr(args, "resume", False) and saved is not None and saved.exists():
         data = yaml.safe_load(saved.read_text())  # resuming: the run's own resolved config

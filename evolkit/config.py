@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
+from .executors import ExecutorConfig
 
 
 class _Model(BaseModel):
@@ -94,6 +95,8 @@ class RunConfig(_Model):
     #: Stages to run, in order, with their settings (see each stage's Config).
     stages: dict[str, Any] = {"sft": {}}
     publish: dict[str, Any] | None = None
+    #: Where generation steps run: this process (local) or a Ray cluster (see evolkit.executors).
+    executor: ExecutorConfig = ExecutorConfig()
 
     @model_validator(mode="after")
     def _validate_stages(self) -> RunConfig:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, make_backend
+from .backends import Backend, make_backend  # noqa: F401  (make_backend: kept importable from here)
 from .config import BackendConfig, RunConfig
 from .records import Problem
 from .store import RunStore
@@ -32,6 +32,7 @@ class Context:
     _backends: dict[str, Backend] = field(default_factory=dict)
     _backend_cfgs: dict[str, BackendConfig] = field(default_factory=dict)
     _checker: Any = None
+    _executor: Any = None
 
     @classmethod
     def open(cls, config: RunConfig, run_dir: str | Path | None = None, show_progress: bool = True) -> Context:
@@ -47,13 +48,22 @@ class Context:
             return c.evolver_backend
         return c.backend
 
+    @property
+    def executor(self) -> Any:
+        """Where generation steps run (:mod:`evolkit.executors`): this process, or Ray workers."""
+        if self._executor is None:
+            from .executors import make_executor
+
+            self._executor = make_executor(self.config.executor)
+        return self._executor
+
     def backend(self, role: str = "main") -> Backend:
         cfg = self.backend_config(role)
         key = f"{cfg.kind}:{cfg.model}"
         if key in self._backends and self._backend_cfgs[key] != cfg:
             key = f"{key}#{len(self._backends)}"
         if key not in self._backends:
-            self._backends[key] = make_backend(cfg, self.store.cache_path)
+            self._backends[key] = self.executor.make_backend(cfg, self.store.cache_path)
             self._backend_cfgs[key] = cfg
         return self._backends[key]
 
@@ -80,6 +90,9 @@ class Context:
         if self._checker is not None:
             self._checker.close()
             self._checker = None
+        if self._executor is not None:
+            self._executor.close()
+            self._executor = None
 
     def __enter__(self) -> Context:
         return self

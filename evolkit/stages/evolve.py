@@ -5,8 +5,8 @@ model to rewrite each chosen parent with an operation (a prompt file: upward ``a
 ``increase_reasoning``; downward ``simplify``, ``new_easier``; users add or override operations), and keeps a child only
 when it passes every check, in this order (each elimination is counted by reason, see :mod:`evolkit.filters`):
 
-1. text rules: request failed, empty, refusal, leftover prompt artifact, length out of bounds, no information gain
-   (same or near-identical text as the parent);
+1. text rules: request failed, empty, refusal, leftover prompt artifact, a solution written instead of the problem,
+   length out of bounds, no information gain (same or near-identical text as the parent);
 2. decontamination against benchmark test problems (exact, shared 13-grams, MinHash near-duplicates);
 3. dedup over the whole pool across rounds (exact normalised text, MinHash LSH near-duplicates; the earlier item wins);
 4. optionally an LLM check that the rewrite is a real new problem (``elimination.llm_check``);
@@ -68,6 +68,7 @@ from .. import filters, prompts
 from ..answers import extract_answer, majority_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError
+from ..executors import Step, run_step
 from ..progress import Progress
 from ..records import EvolExample, Problem, SFTExample
 from ..seeds import expand_path
@@ -135,6 +136,8 @@ class EliminationConfig(BaseModel):
     #: Regular expressions (case-insensitive) of leftover prompt text; a match eliminates the child.
     artifacts: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_ARTIFACTS))
     refusals: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_REFUSALS))
+    #: A solution or answer written instead of (or after) the problem ("The answer is", "Step 1:", \boxed{} ...).
+    solution_markers: list[str] = Field(default_factory=lambda: list(filters.DEFAULT_SOLUTION_MARKERS))
     min_chars: int = Field(20, ge=0)
     max_chars: int = Field(4000, gt=0)
     #: Word-3-gram Jaccard similarity to the parent at or above which a child brings no information gain.
@@ -200,6 +203,8 @@ class Config(BaseModel):
     low_agreement: Literal["drop", "flag"] = "drop"
     #: Sampling of the answering teacher (merged over the sft stage's and the run's sampling).
     answer_sampling: dict[str, Any] = {}
+    #: Few-shot exemplars when answering evolved problems (default: the sft stage's setting).
+    answer_fewshot: int | None = Field(None, ge=0, le=8)
     elimination: EliminationConfig = EliminationConfig()
     dedup: DedupConfig = DedupConfig()
     decontamination: DecontamConfig = DecontamConfig()
@@ -315,6 +320,28 @@ class RoundStats:
         d[key] = d.get(key, 0) + 1
 
 
+def evolution_rows(env: Any, item: tuple[str, int, int, str, str, int, str, dict[str, Any]], res: Any
+                   ) -> list[dict[str, Any]]:
+    """The row of one evolution request (a generation step's row maker, see :mod:`evolkit.executors`);
+    ``item`` = (child id, round, pass, parent id, operation, child index, backend role, sampling dict)."""
+    cid, r, pass_, parent_id, op, index, role, sampling = item
+    comp = res.completions[0] if res.ok and res.completions else None
+    return [{
+        "id": cid, "round": r, "pass": pass_, "parent_id": parent_id, "operation": op,
+        "index": index, "role": role, "model": env.model,
+        "sampling": dict(sampling),
+        "text": comp.text if comp else None,
+        "finish_reason": comp.finish_reason if comp else None,
+        "error": res.error if not res.ok else (None if comp else "no completion"),
+    }]
+
+
+def check_rows(env: Any, child_id: str, res: Any) -> list[dict[str, Any]]:
+    """The row of one information-gain check (a generation step's row maker)."""
+    return [{"id": child_id, "reply": res.completions[0].text if res.ok and res.completions else None,
+             "error": res.error}]
+
+
 class Engine:
     def __init__(self, ctx: Any, cfg: Config):
         self.ctx = ctx
@@ -324,15 +351,16 @@ class Engine:
         self.has_evolver2 = ctx.config.evolver_backend is not None
         self.eliminator = filters.Eliminator(
             cfg.elimination.artifacts, cfg.elimination.refusals, cfg.elimination.min_chars, cfg.elimination.max_chars,
-            cfg.elimination.parent_similarity,
+            cfg.elimination.parent_similarity, solution_markers=cfg.elimination.solution_markers,
         )
         self.deduper = filters.Deduper(cfg.dedup.near_threshold, cfg.dedup.num_perm, cfg.dedup.shingle)
         self.decontam: filters.Decontaminator | None = None
         self.decontam_info: dict[str, Any] = {"enabled": cfg.decontamination.enabled}
         sft_cfg = ctx.config.stages.get("sft") or sft_stage.Config()
-        self.sft_cfg: sft_stage.Config = sft_cfg.model_copy(
-            update={"k": cfg.k, "sampling": {**sft_cfg.sampling, **cfg.answer_sampling}}
-        )
+        self.sft_cfg: sft_stage.Config = sft_cfg.model_copy(update={
+            "k": cfg.k, "sampling": {**sft_cfg.sampling, **cfg.answer_sampling},
+            "fewshot": sft_cfg.fewshot if cfg.answer_fewshot is None else cfg.answer_fewshot,
+        })
         self.evolve_sampling = sft_stage.sampling_for(ctx, cfg, 1)
         self.eliminated: list[dict[str, Any]] = []
         self.kept: list[Kept] = []
@@ -401,27 +429,20 @@ class Engine:
             with self.store.writer(STAGE, name) as w, Progress(
                 len(todo), f"evolve: round {r} evolving", enabled=self.ctx.show_progress
             ) as bar:
+                sampling_d = self.evolve_sampling.as_dict()
                 for role, items in by_role.items():
-                    backend = self.ctx.backend(role)
                     reqs = [
                         Request(self._messages(c), self.evolve_sampling, sample_offset=c.index, task=f"evolve:{c.op}",
                                 meta={"question": c.parent.question})
                         for c in items
                     ]
-                    async for i, res in backend.stream(reqs):
-                        c = items[i]
-                        comp = res.completions[0] if res.ok and res.completions else None
-                        row = {
-                            "id": c.id, "round": r, "pass": c.pass_, "parent_id": c.parent.id, "operation": c.op,
-                            "index": c.index, "role": role, "model": backend.model,
-                            "sampling": self.evolve_sampling.as_dict(),
-                            "text": comp.text if comp else None,
-                            "finish_reason": comp.finish_reason if comp else None,
-                            "error": res.error if not res.ok else (None if comp else "no completion"),
-                        }
-                        w.write(row)
-                        latest[c.id] = row
-                        bar.update(1, failed=int(row["error"] is not None))
+                    step = Step(role, reqs, [(c.id, r, c.pass_, c.parent.id, c.op, c.index, role, sampling_d) for c in items],
+                                evolution_rows)
+                    async for i, _res, rows in run_step(self.ctx, step):
+                        for row in rows:
+                            w.write(row)
+                            latest[row["id"]] = row
+                            bar.update(1, failed=int(row["error"] is not None))
         return latest
 
     def _eliminate(self, child: Child, reason: str, detail: str, stats: RoundStats, text: str | None = None,
@@ -441,7 +462,6 @@ class Engine:
         replies = {row["id"]: row for row in self.store.iter_partial(STAGE, name) if row["id"] in ids}
         todo = [(c, t) for c, t in items if c.id not in replies or replies[c.id].get("error")]
         if todo:
-            backend = self.ctx.backend("main")
             sampling = sft_stage.sampling_for(self.ctx, _Sampling({"temperature": 0.0, "max_tokens": 8}), 1)
             reqs = [
                 Request([{"role": "user", "content": prompts.render(self.cfg.elimination.llm_check_prompt,
@@ -450,12 +470,10 @@ class Engine:
                 for c, t in todo
             ]
             with self.store.writer(STAGE, name) as w:
-                async for i, res in backend.stream(reqs):
-                    c = todo[i][0]
-                    row = {"id": c.id, "reply": res.completions[0].text if res.ok and res.completions else None,
-                           "error": res.error}
-                    w.write(row)
-                    replies[c.id] = row
+                async for _i, _res, rows in run_step(self.ctx, Step("main", reqs, [c.id for c, _ in todo], check_rows)):
+                    for row in rows:
+                        w.write(row)
+                        replies[row["id"]] = row
         return {k: (v.get("reply") or "") for k, v in replies.items()}
 
     async def run_pass(self, children: list[Child], r: int, stats: RoundStats) -> list[Kept]:

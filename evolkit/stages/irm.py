@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import filters, prompts
 from ..backends import Request
 from ..errors import ConfigError
+from ..executors import Step, run_step
 from ..judging import JudgeParseError, as_score, find_json_object, make_sampling, norm_id
 from ..metrics import ranking_pair_agreement
 from ..progress import Progress
@@ -259,6 +260,25 @@ def plan_variants(problem_id: str, evolvers: list[Evolver], cfg: Config, seed: i
 
 
 # --------------------------------------------------------------------------------------------------------- stage
+def variant_rows(env: Any, item: tuple[str, str, int, str, str, Any], res: Any) -> list[dict[str, Any]]:
+    """The row of one variant request (a generation step's row maker, see :mod:`evolkit.executors`);
+    ``item`` = (instruction id, instruction, slot, evolver name, operation, text rules)."""
+    pid, question, slot, evolver, op, rules = item
+    row = {"instruction_id": pid, "slot": slot, "evolver": evolver, "operation": op, "model": env.model,
+           "text": None, "status": "ok", "reason": None}
+    if not res.ok or not res.completions:
+        row.update(status="failed", reason=res.error or "no completion")
+    else:
+        comp = res.completions[0]
+        row["text"] = filters.clean_evolved(comp.text)
+        bad = rules.check(row["text"], question)
+        if bad:
+            row.update(status="dropped", reason=f"{bad[0]}: {bad[1]}")
+        elif comp.finish_reason == "length":
+            row.update(status="dropped", reason="truncated at the token limit")
+    return [row]
+
+
 async def _make_variants(ctx: Any, cfg: Config, probs: list[Problem], evolvers: list[Evolver]) -> list[dict[str, Any]]:
     store = ctx.store
     done = {(r["instruction_id"], r["slot"]) for r in store.iter_partial(STAGE, "variants") if r["status"] != "failed"}
@@ -271,22 +291,11 @@ async def _make_variants(ctx: Any, cfg: Config, probs: list[Problem], evolvers: 
     rules = variant_check(ctx)
     with store.writer(STAGE, "variants") as w, Progress(total, "irm: evolving", enabled=ctx.show_progress) as bar:
         for role, items in by_role.items():
-            backend = ctx.backend(role)
-            async for i, res in backend.stream([it[4] for it in items]):
-                p, slot, ev, op, _ = items[i]
-                row = {"instruction_id": p.id, "slot": slot, "evolver": ev.name, "operation": op, "model": backend.model,
-                       "text": None, "status": "ok", "reason": None}
-                if not res.ok or not res.completions:
-                    row.update(status="failed", reason=res.error or "no completion")
-                else:
-                    comp = res.completions[0]
-                    row["text"] = filters.clean_evolved(comp.text)
-                    bad = rules.check(row["text"], p.question)
-                    if bad:
-                        row.update(status="dropped", reason=f"{bad[0]}: {bad[1]}")
-                    elif comp.finish_reason == "length":
-                        row.update(status="dropped", reason="truncated at the token limit")
-                w.write(row)
+            step = Step(role, [it[4] for it in items],
+                        [(p.id, p.question, slot, ev.name, op, rules) for p, slot, ev, op, _ in items], variant_rows)
+            async for _i, res, rows in run_step(ctx, step):
+                for row in rows:
+                    w.write(row)
                 bar.update(1, failed=int(not res.ok))
     latest: dict[tuple[str, int], dict[str, Any]] = {}
     for r in store.iter_partial(STAGE, "variants"):
@@ -316,6 +325,25 @@ def _usable_variants(p: Problem, rows: list[dict[str, Any]], cfg: Config) -> tup
     return {letters[i]: r for i, r in enumerate(kept)}, None
 
 
+def judgement_rows(env: Any, item: tuple[str, str, list[str], dict[str, int]], res: Any) -> list[dict[str, Any]]:
+    """The row of one judge request (a generation step's row maker); ``item`` = (instruction id, order name, ids in
+    the order shown, letter -> variant slot)."""
+    pid, name, o, variant_of = item
+    row: dict[str, Any] = {"instruction_id": pid, "order": name, "shown": o, "variant_of": variant_of,
+                           "judge": env.model, "raw": None, "ok": False, "reason": None, "detail": None,
+                           "ranking": None, "scores": None, "notes": []}
+    if not res.ok or not res.completions:
+        row.update(reason="request_failed", detail=res.error or "no completion")
+    else:
+        row["raw"] = res.completions[0].text
+        try:
+            parsed = parse_irm_judgement(row["raw"], o)
+            row.update(ok=True, ranking=parsed["ranking"], scores=parsed["scores"], notes=parsed["notes"])
+        except JudgeParseError as e:
+            row.update(reason=e.reason, detail=str(e))
+    return [row]
+
+
 async def _judge(ctx: Any, cfg: Config, work: list[tuple[Problem, dict[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
     store = ctx.store
     done = {(r["instruction_id"], r["order"]) for r in store.iter_partial(STAGE, "judgements")
@@ -332,25 +360,14 @@ async def _judge(ctx: Any, cfg: Config, work: list[tuple[Problem, dict[str, dict
             req = judge_request(p.question, texts, o, cfg)
             req.sampling = sampling
             items.append((p, name, o, letters, req))
-    backend = ctx.backend("judge")
     with store.writer(STAGE, "judgements") as w, Progress(len(items), "irm: judging", enabled=ctx.show_progress) as bar:
-        async for i, res in backend.stream([it[4] for it in items]):
-            p, name, o, letters, _ = items[i]
-            row: dict[str, Any] = {"instruction_id": p.id, "order": name, "shown": o,
-                                   "variant_of": {k: v["slot"] for k, v in letters.items()}, "judge": backend.model,
-                                   "raw": None, "ok": False, "reason": None, "detail": None, "ranking": None,
-                                   "scores": None, "notes": []}
-            if not res.ok or not res.completions:
-                row.update(reason="request_failed", detail=res.error or "no completion")
-            else:
-                row["raw"] = res.completions[0].text
-                try:
-                    parsed = parse_irm_judgement(row["raw"], o)
-                    row.update(ok=True, ranking=parsed["ranking"], scores=parsed["scores"], notes=parsed["notes"])
-                except JudgeParseError as e:
-                    row.update(reason=e.reason, detail=str(e))
-            w.write(row)
-            bar.update(1, failed=int(not row["ok"]))
+        step = Step("judge", [it[4] for it in items],
+                    [(p.id, name, o, {k: v["slot"] for k, v in letters.items()}) for p, name, o, letters, _ in items],
+                    judgement_rows)
+        async for _i, _res, rows in run_step(ctx, step):
+            for row in rows:
+                w.write(row)
+                bar.update(1, failed=int(not row["ok"]))
     latest: dict[tuple[str, str], dict[str, Any]] = {}
     for r in store.iter_partial(STAGE, "judgements"):
         latest[(r["instruction_id"], r["order"])] = r

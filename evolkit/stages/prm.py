@@ -38,6 +38,7 @@ from .. import prompts
 from ..answers import extract_answer, split_steps
 from ..backends import Backend, Request
 from ..errors import DataError
+from ..executors import Step, run_step, stream_rows
 from ..judging import JudgeParseError, find_json_object, make_sampling, strip_step_marker
 from ..metrics import accuracy, cohen_kappa, confusion, first_error_f1, per_class
 from ..progress import Progress
@@ -134,36 +135,49 @@ def to_bool(label3: str, neutral_as: str = "correct") -> bool:
     return label3 == "correct" or (label3 == "neutral" and neutral_as == "correct")
 
 
+def judgement_rows(env: Any, item: tuple[str, int, bool], res: Any) -> list[dict[str, Any]]:
+    """The judgement row of one judged solution (a generation step's row maker, see :mod:`evolkit.executors`);
+    ``item`` = (key, number of steps, allow_neutral)."""
+    key, n_steps, allow_neutral = item
+    row: dict[str, Any] = {"key": key, "judge": env.model, "n_steps": n_steps, "raw": None, "ok": False,
+                           "reason": None, "detail": None, "labels3": None, "confidence": None}
+    if not res.ok or not res.completions:
+        row.update(reason="request_failed", detail=res.error or "no completion")
+    else:
+        row["raw"] = res.completions[0].text
+        try:
+            parsed = parse_prm_judgement(row["raw"], n_steps, allow_neutral)
+            row.update(ok=True, labels3=parsed["labels"], confidence=parsed["confidence"])
+        except JudgeParseError as e:
+            row.update(reason=e.reason, detail=str(e))
+    return [row]
+
+
 async def judge_steps(
     backend: Backend, items: list[tuple[str, str, list[str], bool | None]], cfg: Config, sampling: Any,
-    on_result: Any = None, desc: str = "prm: judging steps", show_progress: bool = True,
+    on_result: Any = None, desc: str = "prm: judging steps", show_progress: bool = True, ctx: Any = None,
 ) -> dict[str, dict[str, Any]]:
     """Judge ``(key, problem, steps, final_correct)`` items; returns ``key -> judgement row`` (also given to
-    ``on_result`` as each arrives)."""
+    ``on_result`` as each arrives). With ``ctx`` the requests go through the run's executor to its ``judge`` backend
+    (``backend`` is then that backend)."""
     reqs = []
     for _key, problem, steps, final_correct in items:
         r = judge_request(problem, steps, cfg, final_correct)
         r.sampling = sampling
         reqs.append(r)
+    ritems = [(key, len(steps), cfg.allow_neutral) for key, _p, steps, _f in items]
+    if ctx is not None:
+        results = run_step(ctx, Step("judge", reqs, ritems, judgement_rows))
+    else:
+        results = stream_rows(backend, reqs, ritems, judgement_rows)
     out: dict[str, dict[str, Any]] = {}
     with Progress(len(items), desc, enabled=show_progress) as bar:
-        async for i, res in backend.stream(reqs):
-            key, _p, steps, _f = items[i]
-            row: dict[str, Any] = {"key": key, "judge": backend.model, "n_steps": len(steps), "raw": None, "ok": False,
-                                   "reason": None, "detail": None, "labels3": None, "confidence": None}
-            if not res.ok or not res.completions:
-                row.update(reason="request_failed", detail=res.error or "no completion")
-            else:
-                row["raw"] = res.completions[0].text
-                try:
-                    parsed = parse_prm_judgement(row["raw"], len(steps), cfg.allow_neutral)
-                    row.update(ok=True, labels3=parsed["labels"], confidence=parsed["confidence"])
-                except JudgeParseError as e:
-                    row.update(reason=e.reason, detail=str(e))
-            out[key] = row
-            if on_result is not None:
-                on_result(row)
-            bar.update(1, failed=int(not row["ok"]))
+        async for _i, _res, rows in results:
+            for row in rows:
+                out[row["key"]] = row
+                if on_result is not None:
+                    on_result(row)
+                bar.update(1, failed=int(not row["ok"]))
     return out
 
 
@@ -252,6 +266,18 @@ def rollout_request(problem: str, prefix: list[str], gold: Any, cfg: Config, sam
                    meta={"question": problem, "gold": gold, "prefix": "\n\n".join(prefix)})
 
 
+async def rollout_rows(env: Any, item: tuple[str, int, Any], res: Any) -> list[dict[str, Any]]:
+    """The row of one rollout request (a generation step's row maker); ``item`` = (solution id, step, gold)."""
+    sid, step, gold = item
+    row = {"solution_id": sid, "step": step, "ok": res.ok, "samples": 0, "hits": 0, "answers": [],
+           "reason": res.error}
+    if res.ok:
+        answers = [extract_answer(c.text) for c in res.completions]
+        checks = await env.checker().acheck_many([(a, gold) for a in answers])
+        row.update(samples=len(answers), hits=sum(bool(c.equal) for c in checks), answers=answers)
+    return [row]
+
+
 async def _rollouts(ctx: Any, cfg: Config, sols: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
     store = ctx.store
     done = {(r["solution_id"], r["step"]) for r in store.iter_partial(STAGE, "rollouts") if r["ok"]}
@@ -263,18 +289,11 @@ async def _rollouts(ctx: Any, cfg: Config, sols: list[dict[str, Any]]) -> dict[t
         for i in range(1, len(s["steps"])):  # the last step's "rollout" is the solution itself
             if (s["id"], i) not in done:
                 items.append((s, i, rollout_request(s["question"], s["steps"][:i], s["gold"], cfg, sampling)))
-    backend = ctx.backend("main")
-    checker = ctx.checker()
+    job = Step("main", [it[2] for it in items], [(s["id"], i, s["gold"]) for s, i, _ in items], rollout_rows)
     with store.writer(STAGE, "rollouts") as w, Progress(len(items), "prm: rollouts", enabled=ctx.show_progress) as bar:
-        async for i, res in backend.stream([it[2] for it in items]):
-            s, step, _ = items[i]
-            row = {"solution_id": s["id"], "step": step, "ok": res.ok, "samples": 0, "hits": 0, "answers": [],
-                   "reason": res.error}
-            if res.ok:
-                answers = [extract_answer(c.text) for c in res.completions]
-                checks = await checker.acheck_many([(a, s["gold"]) for a in answers])
-                row.update(samples=len(answers), hits=sum(bool(c.equal) for c in checks), answers=answers)
-            w.write(row)
+        async for _i, res, rows in run_step(ctx, job):
+            for row in rows:
+                w.write(row)
             bar.update(1, failed=int(not res.ok))
     out: dict[tuple[str, int], dict[str, Any]] = {}
     for r in store.iter_partial(STAGE, "rollouts"):
@@ -330,7 +349,7 @@ def run(ctx: Any) -> dict[str, Any]:
         with ctx.store.writer(STAGE, "judgements") as w:
             judge_rows.update(asyncio.run(judge_steps(
                 ctx.backend("judge"), todo, cfg, make_sampling(ctx, cfg.judge_sampling), on_result=w.write,
-                show_progress=ctx.show_progress)))
+                show_progress=ctx.show_progress, ctx=ctx)))
         for s in sols:
             j = judge_rows.get(s["id"])
             if j is None or not j["ok"]:

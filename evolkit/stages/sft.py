@@ -23,6 +23,7 @@ from .. import prompts
 from ..answers import extract_answer, split_steps
 from ..backends import Request, Sampling
 from ..errors import DataError
+from ..executors import Step, run_step
 from ..progress import Progress
 from ..records import Problem, SFTExample, Solution, Usage
 from ..seeds import expand_path, read_rows
@@ -70,13 +71,30 @@ class Config(BaseModel):
     style: Literal["steps"] = "steps"
 
 
-def build_messages(problem: Problem, cfg: Config) -> list[dict[str, str]]:
+def _prefix(cfg: Config, math: bool) -> list[dict[str, str]]:
+    """The messages before the question: system prompt and few-shot exemplars (the same for every problem of a kind)."""
     msgs = [{"role": "system", "content": prompts.load_text(cfg.prompts.solve_system)}]
     if cfg.fewshot:
-        shots = prompts.load_json(cfg.prompts.fewshot_math if problem.source == "math" else cfg.prompts.fewshot_gsm8k)
+        shots = prompts.load_json(cfg.prompts.fewshot_math if math else cfg.prompts.fewshot_gsm8k)
         for ex in shots["exemplars"][: cfg.fewshot]:
             msgs.append({"role": "user", "content": prompts.render(cfg.prompts.solve_user, question=ex["question"])})
             msgs.append({"role": "assistant", "content": ex["solution"]})
+    return msgs
+
+
+def build_messages(problem: Problem, cfg: Config, _prefixes: dict[bool, list[dict[str, str]]] | None = None
+                   ) -> list[dict[str, str]]:
+    """The chat messages that ask the teacher to solve ``problem``. ``_prefixes`` (a dict kept by the caller over many
+    problems) holds the rendered system + few-shot part once per kind, so its strings are shared, not re-rendered and
+    re-stored per problem (tens of thousands of requests are built at once)."""
+    math = problem.source == "math"
+    if _prefixes is None:
+        prefix = _prefix(cfg, math)
+    else:
+        prefix = _prefixes.get(math)
+        if prefix is None:
+            prefix = _prefixes[math] = _prefix(cfg, math)
+    msgs = [dict(m) for m in prefix]
     msgs.append({"role": "user", "content": prompts.render(cfg.prompts.solve_user, question=problem.question)})
     return msgs
 
@@ -88,6 +106,40 @@ def sampling_for(ctx: Any, cfg: Config, n: int) -> Sampling:
         temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
         stop=tuple(base.get("stop") or ()), seed=base.get("seed"),
     )
+
+
+async def solution_rows(env: Any, item: tuple[Problem, Any, bool, dict[str, Any]], res: Any) -> list[dict[str, Any]]:
+    """The Solution rows of one answered problem: ``item`` = (problem, gold, drop_truncated, sampling dict).
+
+    A generation step's row maker (:mod:`evolkit.executors`): it runs where the result arrives (this process, or a
+    Ray worker with its own answer checker)."""
+    p, gold, drop_truncated, sampling = item
+    rows = []
+    if not res.ok:
+        rows.append(Solution(problem_id=p.id, text="", verdict="failed", reason=res.error, model=env.model,
+                             sampling=sampling))
+    else:
+        answers = [extract_answer(c.text) for c in res.completions]
+        checks = await env.checker().acheck_many([(a, gold) for a in answers]) if gold is not None else None
+        for j, c in enumerate(res.completions):
+            a = answers[j]
+            if a is None:
+                verdict, reason = "no_answer", "no final answer found"
+            elif checks is None:
+                verdict, reason = "unchecked", None
+            elif checks[j].equal:
+                verdict, reason = "correct", None
+            else:
+                verdict, reason = "incorrect", f"{checks[j].reason}: got {a!r}, expected {gold!r}"
+            if drop_truncated and c.finish_reason == "length" and verdict == "correct":
+                verdict, reason = "incorrect", "truncated at the token limit"
+            rows.append(Solution(
+                problem_id=p.id, sample_index=j, text=c.text, steps=split_steps(c.text), answer=a,
+                verdict=verdict, reason=reason, model=env.model, sampling=sampling,
+                usage=Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
+                finish_reason=c.finish_reason,
+            ))
+    return [r.row() for r in rows]
 
 
 async def solve_problems(
@@ -103,45 +155,21 @@ async def solve_problems(
     # Done = has a row that is not a failure: failed requests are tried again on resume.
     done = {r["problem_id"] for r in store.iter_partial(stage, name) if r["verdict"] != "failed"}
     todo = [p for p in problems if p.id not in done]
-    backend = ctx.backend(backend_role)
     sampling = sampling_for(ctx, cfg, cfg.k)
     gold_of = gold_of or (lambda p: p.gold_answer)
-    checker = ctx.checker()
+    sampling_d = sampling.as_dict()
+    golds = [gold_of(p) for p in todo]
+    prefixes: dict[bool, list[dict[str, str]]] = {}
     reqs = [
-        Request(build_messages(p, cfg), sampling, task=task, meta={"question": p.question, "gold": gold_of(p)})
-        for p in todo
+        Request(build_messages(p, cfg, prefixes), sampling, task=task, meta={"question": p.question, "gold": g})
+        for p, g in zip(todo, golds)
     ]
+    step = Step(backend_role, reqs, [(p, g, cfg.drop_truncated, sampling_d) for p, g in zip(todo, golds)],
+                solution_rows)
     with store.writer(stage, name) as w, Progress(len(todo), desc, enabled=ctx.show_progress) as bar:
-        async for i, res in backend.stream(reqs):
-            p = todo[i]
-            gold = gold_of(p)
-            rows = []
-            if not res.ok:
-                rows.append(Solution(problem_id=p.id, text="", verdict="failed", reason=res.error, model=backend.model,
-                                     sampling=sampling.as_dict()))
-            else:
-                answers = [extract_answer(c.text) for c in res.completions]
-                checks = await checker.acheck_many([(a, gold) for a in answers]) if gold is not None else None
-                for j, c in enumerate(res.completions):
-                    a = answers[j]
-                    if a is None:
-                        verdict, reason = "no_answer", "no final answer found"
-                    elif checks is None:
-                        verdict, reason = "unchecked", None
-                    elif checks[j].equal:
-                        verdict, reason = "correct", None
-                    else:
-                        verdict, reason = "incorrect", f"{checks[j].reason}: got {a!r}, expected {gold!r}"
-                    if cfg.drop_truncated and c.finish_reason == "length" and verdict == "correct":
-                        verdict, reason = "incorrect", "truncated at the token limit"
-                    rows.append(Solution(
-                        problem_id=p.id, sample_index=j, text=c.text, steps=split_steps(c.text), answer=a,
-                        verdict=verdict, reason=reason, model=backend.model, sampling=sampling.as_dict(),
-                        usage=Usage(prompt_tokens=c.prompt_tokens, completion_tokens=c.completion_tokens),
-                        finish_reason=c.finish_reason,
-                    ))
+        async for _i, res, rows in run_step(ctx, step):
             for r in rows:
-                w.write(r.row())
+                w.write(r)
             bar.update(1, failed=int(not res.ok))
     order = {p.id: n for n, p in enumerate(problems)}
     rows = [r for r in store.iter_partial(stage, name) if r["problem_id"] in order]

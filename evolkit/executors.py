@@ -1,0 +1,396 @@
+"""Where a stage's generation steps run: in this process (``local``, the default) or spread over a Ray cluster (``ray``).
+
+A *generation step* (:class:`Step`) is a list of requests to one backend role plus a function that turns each result
+into the rows the stage writes (parsing, answer extraction, answer checking). A stage runs it with
+:func:`run_step` and writes the rows it gets back through the run store, exactly as it would write rows made from
+``backend.stream``; the stage does not know where the requests went.
+
+* ``local``: the role's backend (``ctx.backend(role)``, wrapped in the run's request cache) streams the requests and the
+  rows are made on the event loop as results arrive; this is evolkit's single-process behaviour.
+* ``ray``: ``ctx.backend(role)`` is the run's request cache in front of a :class:`RayBackend`. The driver answers cache
+  hits itself; the misses are split into ``shards`` (one per worker actor; request ``j`` of the misses goes to shard
+  ``j % shards``) and each worker, holding its own backend built from the role's :class:`~evolkit.config.BackendConfig`
+  (its own vLLM engine on its GPU, its own transformers model, or its own client of the endpoints) and its own answer
+  checker, streams its shard and makes the rows there, sending them back in small batches as they finish. The driver
+  stores the results in the run's request cache, counts them in the backend's stats and hands the rows to the stage,
+  which writes them through the run store as they arrive. So resume (done keys read back from the shards), the request
+  cache and dedup work as in a local run, and the outputs are the same: each stage sorts its final rows
+  deterministically.
+
+A worker that dies turns its unfinished requests into failed results (``Result(error=...)``): the stage records them as
+failures and a resumed run retries them, as with any failed request.
+
+Config (``executor:`` in the run config, or ``--executor ray`` on the command line)::
+
+    executor: {kind: ray, address: null, shards: null, num_cpus_per_task: 1, num_gpus_per_task: 0}
+
+``address`` is passed to ``ray.init`` (null: connect to the cluster named by ``RAY_ADDRESS`` or start a local one);
+``shards`` is the number of worker actors (null: as many as the cluster's CPUs, or GPUs when ``num_gpus_per_task`` is
+set, allow). A backend's ``max_concurrency`` applies per worker. The workers import evolkit: on a cluster it must be
+installed on every node (or shipped with ``runtime_env``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .backends.base import Backend, Request, Result
+
+if TYPE_CHECKING:
+    from .config import BackendConfig
+
+log = logging.getLogger("evolkit.executors")
+
+Rows = list[dict[str, Any]]
+#: ``make_rows(env, item, result) -> rows`` (or an awaitable of rows). Under Ray it runs in the workers, so it must be
+#: picklable: a module-level function, or a ``functools.partial`` of one with picklable arguments (no ``ctx``).
+MakeRows = Callable[["StepEnv", Any, Result], "Rows | Awaitable[Rows]"]
+
+
+class ExecutorConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["local", "ray"] = "local"
+    #: ``ray.init(address=...)``: ``auto``, ``ray://head:10001``, ... (null: ``RAY_ADDRESS`` or a new local instance).
+    address: str | None = None
+    #: Worker actors, each with its own backend (null: what the cluster's CPUs/GPUs allow at the per-task sizes).
+    shards: int | None = Field(None, gt=0)
+    num_cpus_per_task: float = Field(1.0, ge=0)
+    num_gpus_per_task: float = Field(0.0, ge=0)
+    #: Results a worker collects before sending them back (it also sends whatever it has every ``batch_seconds``).
+    batch_size: int = Field(64, gt=0)
+    batch_seconds: float = Field(0.25, gt=0)
+    #: Answer-checker processes per worker (null: one per CPU of the task, at least one).
+    checker_workers: int | None = Field(None, gt=0)
+
+
+@dataclass
+class Step:
+    """One generation step: ``requests`` to the backend of ``role``; ``make_rows(env, items[i], result)`` gives the
+    rows of request ``i``."""
+
+    role: str
+    requests: list[Request]
+    items: Sequence[Any]
+    make_rows: MakeRows
+
+    def __post_init__(self) -> None:
+        if len(self.items) != len(self.requests):
+            raise ValueError(f"Step: {len(self.requests)} requests but {len(self.items)} items")
+
+
+@dataclass
+class StepEnv:
+    """What ``make_rows`` may use: the backend's model name and the answer checker of the process it runs in."""
+
+    model: str
+    _checker: Callable[[], Any] = field(repr=False, default=lambda: None)
+
+    def checker(self) -> Any:
+        return self._checker()
+
+
+async def _rows(make_rows: MakeRows, env: StepEnv, item: Any, res: Result) -> Rows:
+    out = make_rows(env, item, res)
+    if inspect.isawaitable(out):
+        out = await out
+    return list(out)  # type: ignore[arg-type]
+
+
+def run_step(ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
+    """Run ``step`` with the context's executor: yields ``(index, result, rows)`` as requests finish."""
+    return ctx.executor.map(ctx, step)
+
+
+async def stream_rows(backend: Backend, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows,
+                      checker: Callable[[], Any] = lambda: None) -> AsyncIterator[tuple[int, Result, Rows]]:
+    """A step on a given backend in this process (no run context): ``(index, result, rows)`` as requests finish."""
+    env = StepEnv(backend.model, checker)
+    async for i, res in backend.stream(requests):
+        yield i, res, await _rows(make_rows, env, items[i], res)
+
+
+# ----------------------------------------------------------------------------------------------------------- local
+class LocalExecutor:
+    kind = "local"
+
+    def make_backend(self, cfg: BackendConfig, cache_path: Any) -> Backend:
+        from .backends import make_backend
+
+        return make_backend(cfg, cache_path)
+
+    async def map(self, ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
+        async for x in stream_rows(ctx.backend(step.role), step.requests, step.items, step.make_rows, ctx.checker):
+            yield x
+
+    def close(self) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------------------------------------- ray
+def model_name(cfg: BackendConfig) -> str:
+    """The ``model`` that :func:`evolkit.backends.make_backend` gives the backend of ``cfg`` (without building it)."""
+    if cfg.kind == "deterministic" and cfg.model == "smollm2-135m-instruct":
+        return "deterministic"
+    return cfg.model
+
+
+class _WorkerImpl:
+    """The body of a Ray worker actor: backends by config, an answer checker, and the shard loop."""
+
+    def __init__(self, checker_workers: int):
+        self.checker_workers = checker_workers
+        self.backends: dict[str, Backend] = {}
+        self._checker: Any = None
+
+    def backend(self, cfg_json: str) -> Backend:
+        be = self.backends.get(cfg_json)
+        if be is None:
+            from .backends import make_backend
+            from .config import BackendConfig
+
+            be = self.backends[cfg_json] = make_backend(BackendConfig.model_validate_json(cfg_json), None)
+        return be
+
+    def checker(self) -> Any:
+        if self._checker is None:
+            from .answers import AnswerChecker
+
+            self._checker = AnswerChecker(workers=self.checker_workers)
+        return self._checker
+
+    async def run(self, cfg_json: str, requests: list[Request], items: list[Any] | None, make_rows: MakeRows | None,
+                  batch_size: int, batch_seconds: float) -> AsyncIterator[list[tuple[int, Result, Rows | None]]]:
+        be = self.backend(cfg_json)
+        env = StepEnv(be.model, self.checker)
+        batch: list[tuple[int, Result, Rows | None]] = []
+        last = time.monotonic()
+        async for i, res in be.stream(requests):
+            rows = None
+            if make_rows is not None:
+                try:
+                    rows = await _rows(make_rows, env, items[i] if items is not None else None, res)
+                except Exception as e:  # a row maker that fails must not take the shard down: report it per item
+                    res = Result(error=f"making rows failed: {type(e).__name__}: {e}", attempts=res.attempts)
+                    rows = await _rows(make_rows, env, items[i] if items is not None else None, res)
+            batch.append((i, res, rows))
+            now = time.monotonic()
+            if len(batch) >= batch_size or now - last >= batch_seconds:
+                yield batch
+                batch, last = [], now
+        if batch:
+            yield batch
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {k: dict(be.stats.__dict__) for k, be in self.backends.items()}
+
+    async def aclose(self) -> None:
+        for be in self.backends.values():
+            try:
+                await be.aclose()
+            except Exception:  # pragma: no cover - best effort
+                pass
+            be.close()
+        self.backends.clear()
+        if self._checker is not None:
+            self._checker.close()
+            self._checker = None
+
+
+class RayExecutor:
+    kind = "ray"
+
+    def __init__(self, cfg: ExecutorConfig):
+        self.cfg = cfg
+        self._actors: list[Any] = []
+        self._started_ray = False
+
+    # -- cluster ---------------------------------------------------------------------------------------------------
+    def _ensure_actors(self) -> list[Any]:
+        if self._actors:
+            return self._actors
+        try:
+            import ray
+        except ImportError as e:
+            from .errors import ConfigError
+
+            raise ConfigError("executor: kind 'ray' needs Ray: pip install 'evolkit[ray]'") from e
+        if not ray.is_initialized():
+            ray.init(address=self.cfg.address, include_dashboard=False, ignore_reinit_error=True,
+                     logging_level=logging.WARNING, log_to_driver=True)
+            self._started_ray = True
+        c = self.cfg
+        n = c.shards
+        if n is None:
+            res = ray.cluster_resources()
+            if c.num_gpus_per_task > 0:
+                n = int(res.get("GPU", 0) // c.num_gpus_per_task)
+            elif c.num_cpus_per_task > 0:
+                n = int(res.get("CPU", 1) // c.num_cpus_per_task)
+            else:
+                n = int(res.get("CPU", 1))
+            n = max(1, n)
+        checker_workers = c.checker_workers or max(1, int(c.num_cpus_per_task))
+        actor_cls = ray.remote(_WorkerImpl)
+        self._actors = [
+            actor_cls.options(num_cpus=c.num_cpus_per_task, num_gpus=c.num_gpus_per_task,
+                              name=None, max_restarts=0).remote(checker_workers)
+            for _ in range(n)
+        ]
+        log.info("executor: %d Ray workers (%s CPU, %s GPU each)", n, c.num_cpus_per_task, c.num_gpus_per_task)
+        return self._actors
+
+    @property
+    def shards(self) -> int:
+        return len(self._ensure_actors())
+
+    def make_backend(self, cfg: BackendConfig, cache_path: Any) -> Backend:
+        from .backends import CachedBackend, RequestCache
+
+        be: Backend = RayBackend(cfg, self)
+        if cache_path is not None and cfg.cache:
+            be = CachedBackend(be, RequestCache(cache_path))
+        return be
+
+    async def map(self, ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
+        from .backends import CachedBackend
+
+        backend = ctx.backend(step.role)
+        inner = backend.inner if isinstance(backend, CachedBackend) else backend
+        if not isinstance(inner, RayBackend):  # pragma: no cover - a backend built elsewhere: run it here
+            async for x in LocalExecutor.map(LocalExecutor(), ctx, step):  # type: ignore[arg-type]
+                yield x
+            return
+        reqs = step.requests
+        misses = list(range(len(reqs)))
+        if isinstance(backend, CachedBackend):
+            # Cache hits are answered here (rows made on the driver), as CachedBackend would answer them.
+            env = StepEnv(backend.model, ctx.checker)
+            keys = [r.cache_key(backend.model) for r in reqs]
+            hits = backend.cache.get_many(keys)
+            misses = []
+            for i, key in enumerate(keys):
+                hit = hits.get(key)
+                if hit is None:
+                    misses.append(i)
+                    continue
+                backend.stats.add(hit)
+                yield i, hit, await _rows(step.make_rows, env, step.items[i], hit)
+        if not misses:
+            return
+        async for j, res, rows in inner.stream_rows([reqs[i] for i in misses], [step.items[i] for i in misses],
+                                                    step.make_rows):
+            i = misses[j]
+            if isinstance(backend, CachedBackend):
+                if res.ok:
+                    backend.cache.put(keys[i], res)
+                backend.stats.add(res)
+            if rows is None:  # the worker died before making them: make them here from the failed result
+                rows = await _rows(step.make_rows, StepEnv(inner.model, ctx.checker), step.items[i], res)
+            yield i, res, rows
+
+    def close(self) -> None:
+        if not self._actors:
+            return
+        import ray
+
+        for a in self._actors:
+            try:
+                ray.get(a.aclose.remote(), timeout=30)
+            except Exception:  # pragma: no cover - best effort
+                pass
+            try:
+                ray.kill(a)
+            except Exception:  # pragma: no cover
+                pass
+        self._actors = []
+        if self._started_ray:
+            ray.shutdown()
+            self._started_ray = False
+
+
+class RayBackend(Backend):
+    """A backend whose requests run on the :class:`RayExecutor`'s workers, each with its own backend built from
+    ``cfg``. :meth:`stream` is the plain Backend interface (rows, if any, are made by the caller);
+    :meth:`stream_rows` also makes each request's rows in the worker."""
+
+    def __init__(self, cfg: BackendConfig, executor: RayExecutor):
+        super().__init__()
+        self.cfg = cfg
+        self.executor = executor
+        self.model = model_name(cfg)
+        self._cfg_json = cfg.model_dump_json()
+
+    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
+        async for i, res, _ in self.stream_rows(requests, None, None):
+            yield i, res
+
+    async def stream_rows(self, requests: Sequence[Request], items: Sequence[Any] | None, make_rows: MakeRows | None
+                          ) -> AsyncIterator[tuple[int, Result, Rows | None]]:
+        n = len(requests)
+        if n == 0:
+            return
+        actors = self.executor._ensure_actors()
+        c = self.executor.cfg
+        shards = [list(range(s, n, len(actors))) for s in range(min(len(actors), n))]
+        queue: asyncio.Queue[tuple[int, list[tuple[int, Result, Rows | None]] | None]] = asyncio.Queue()
+        returned: list[set[int]] = [set() for _ in shards]
+
+        async def pump(s: int) -> None:
+            idx = shards[s]
+            try:
+                gen = actors[s].run.remote(
+                    self._cfg_json, [requests[i] for i in idx], None if items is None else [items[i] for i in idx],
+                    make_rows, c.batch_size, c.batch_seconds,
+                )
+                async for ref in gen:
+                    batch = await ref
+                    queue.put_nowait((s, batch))
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # the worker died or failed: its unfinished requests fail (never lost)
+                err = f"ray worker failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+                lost = [(j, Result(error=err), None) for j in range(len(idx)) if j not in returned[s]]
+                queue.put_nowait((s, lost))
+            finally:
+                queue.put_nowait((s, None))
+
+        tasks = [asyncio.create_task(pump(s)) for s in range(len(shards))]
+        open_ = len(tasks)
+        try:
+            while open_:
+                s, batch = await queue.get()
+                if batch is None:
+                    open_ -= 1
+                    continue
+                for j, res, rows in batch:
+                    if j in returned[s]:
+                        continue
+                    returned[s].add(j)
+                    self.stats.add(res)
+                    yield shards[s][j], res, rows
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.cfg.kind, "model": self.model, "executor": "ray", "shards": len(self.executor._actors)}
+
+
+def make_executor(cfg: ExecutorConfig | None) -> LocalExecutor | RayExecutor:
+    if cfg is None or cfg.kind == "local":
+        return LocalExecutor()
+    return RayExecutor(cfg)
+
+
+def describe(cfg: ExecutorConfig | None) -> dict[str, Any]:
+    return json.loads((cfg or ExecutorConfig()).model_dump_json())
