@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -60,8 +61,62 @@ def _atomic_write(path: Path, data: str | bytes) -> None:
     os.replace(tmp, path)
 
 
+#: A secret-looking key in JSON text (``"api_key": ...``, the end of a key that SECRET_KEY_RE matches): such rows take
+#: the full :func:`scrub` path. ``_KEY_HINTS`` is a cheap prefilter on the lower-cased text (the regex is slower).
+_SECRET_KEY_JSON_RE = re.compile(r'(api[_-]?key|token|secret|password)(\\n)?"\s*:', re.I)
+_KEY_HINTS = ('key"', 'token"', 'secret"', 'password"', '\\n"')
+
+
+class _Syncer:
+    """fsyncs one file descriptor in a helper thread when asked, so the caller (the event loop) never waits on the disk.
+    Requests made while an fsync runs are coalesced into the next one."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._cond = threading.Condition()
+        self._wanted = False
+        self._busy = False
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="shard-fsync", daemon=True)
+        self._thread.start()
+
+    def request(self) -> None:
+        with self._cond:
+            self._wanted = True
+            self._cond.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                while not self._wanted and not self._stop:
+                    self._cond.wait()
+                if not self._wanted:
+                    return
+                self._wanted = False
+                self._busy = True
+            try:
+                os.fsync(self.fd)
+            except OSError:  # pragma: no cover - the final fsync in close() reports real problems
+                pass
+            with self._cond:
+                self._busy = False
+                self._cond.notify_all()
+
+    def stop(self) -> None:
+        """Wait for a running fsync, drop pending ones (the caller fsyncs at the end itself), end the thread."""
+        with self._cond:
+            self._stop = True
+            self._wanted = False
+            self._cond.notify_all()
+        self._thread.join()
+
+
 class ShardWriter:
-    """Appends JSON lines to a new shard; each write reaches the OS at once and is fsynced every ``fsync_every``."""
+    """Appends JSON lines to a new shard; each write reaches the OS at once (a SIGKILL loses nothing written) and the
+    file is fsynced every ``fsync_every`` rows in a helper thread (the writer does not wait for the disk) and on close.
+
+    Secret values (and values of secret-looking keys) are scrubbed: a row is encoded once and scrubbed (then encoded
+    again) only when its text shows a secret or such a key, which gives the same line as scrubbing every row."""
 
     def __init__(self, path: Path, fsync_every: int = 64, secrets: list[str] | None = None):
         self.path = path
@@ -69,18 +124,35 @@ class ShardWriter:
         self._n = 0
         self.fsync_every = fsync_every
         self._secrets = secret_values() if secrets is None else secrets
+        needles = set(self._secrets)
+        needles.update(json.dumps(s, ensure_ascii=False)[1:-1] for s in self._secrets)
+        self._needles = sorted(needles)
+        self._syncer: _Syncer | None = None
+
+    def _line(self, row: dict[str, Any]) -> str:
+        line = json.dumps(row, ensure_ascii=False)
+        if self._secrets:
+            low = line.lower()
+            if any(s in line for s in self._needles) or (
+                    any(h in low for h in _KEY_HINTS) and _SECRET_KEY_JSON_RE.search(line)):
+                line = json.dumps(scrub(row, self._secrets), ensure_ascii=False)
+        return line
 
     def write(self, row: dict[str, Any]) -> None:
-        line = json.dumps(scrub(row, self._secrets) if self._secrets else row, ensure_ascii=False)
-        self._f.write(line + "\n")
+        self._f.write(self._line(row) + "\n")
         self._f.flush()
         self._n += 1
         if self._n % self.fsync_every == 0:
-            os.fsync(self._f.fileno())
+            if self._syncer is None:
+                self._syncer = _Syncer(self._f.fileno())
+            self._syncer.request()
 
     def close(self) -> None:
         if not self._f.closed:
             self._f.flush()
+            if self._syncer is not None:
+                self._syncer.stop()
+                self._syncer = None
             os.fsync(self._f.fileno())
             self._f.close()
 

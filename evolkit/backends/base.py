@@ -82,7 +82,10 @@ class Result:
         return self.error is None
 
     def to_json(self) -> str:
-        return json.dumps({"completions": [asdict(c) for c in self.completions], "error": self.error})
+        # The fields spelled out (what dataclasses.asdict gives, in the same order, several times faster).
+        comps = [{"text": c.text, "finish_reason": c.finish_reason, "prompt_tokens": c.prompt_tokens,
+                  "completion_tokens": c.completion_tokens} for c in self.completions]
+        return json.dumps({"completions": comps, "error": self.error})
 
     @classmethod
     def from_json(cls, s: str) -> Result:

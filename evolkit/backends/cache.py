@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -30,35 +31,142 @@ def _scrubbed(result: Result, secrets: list[str]) -> Result:
 
 
 class RequestCache:
-    def __init__(self, path: str | Path):
+    """The SQLite table of results by request key.
+
+    Writes never wait for the disk on the caller's thread (the event loop): :meth:`put` queues the entry and a writer
+    thread commits the queue in one transaction every ``flush_seconds`` (20 ms), on its own connection (WAL, so reads
+    go on meanwhile). Entries not yet committed are served from memory, so a ``get`` always sees every ``put`` before
+    it; :meth:`flush` and :meth:`close` wait until everything is committed. A SIGKILL loses at most the last
+    ``flush_seconds`` of entries: their requests are sent again only if the stage had not written their rows either.
+    A failed commit is raised by the next ``put``, ``flush`` or ``close``."""
+
+    def __init__(self, path: str | Path, flush_seconds: float = 0.02):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self.flush_seconds = flush_seconds
+        self._lock = threading.Lock()  # the reading connection
         self._secrets = secret_values()
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        # Write-behind state: key -> JSON not yet committed; the writer thread and its connection start on first put.
+        self._pending: dict[str, str] = {}
+        self._cond = threading.Condition(threading.Lock())
+        self._writer: threading.Thread | None = None
+        self._committing = False
+        self._closing = False
+        self._error: BaseException | None = None
 
     def get(self, key: str) -> Result | None:
+        with self._cond:
+            value = self._pending.get(key)
+        if value is None:
+            with self._lock:
+                row = self._db.execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
+            value = row[0] if row else None
+        return Result.from_json(value) if value is not None else None
+
+    def get_many(self, keys: Sequence[str], chunk: int = 500) -> dict[str, Result]:
+        """The cached results of ``keys`` (absent keys are left out), in a few queries instead of one per key."""
+        found: dict[str, str] = {}
+        uniq = list(dict.fromkeys(keys))
         with self._lock:
-            row = self._db.execute("SELECT value FROM results WHERE key=?", (key,)).fetchone()
-        return Result.from_json(row[0]) if row else None
+            for i in range(0, len(uniq), chunk):
+                part = uniq[i : i + chunk]
+                q = f"SELECT key, value FROM results WHERE key IN ({','.join('?' * len(part))})"
+                found.update(self._db.execute(q, part).fetchall())
+        with self._cond:
+            for k in uniq:
+                v = self._pending.get(k)
+                if v is not None:
+                    found[k] = v
+        return {k: Result.from_json(v) for k, v in found.items()}
 
     def put(self, key: str, result: Result) -> None:
-        # Committed at once (WAL): a SIGKILL right after loses nothing that was acknowledged.
         if self._secrets:
             result = _scrubbed(result, self._secrets)
-        with self._lock:
-            self._db.execute("INSERT OR REPLACE INTO results VALUES (?, ?)", (key, result.to_json()))
+        value = result.to_json()
+        with self._cond:
+            self._raise_error()
+            self._pending[key] = value
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="request-cache-writer", daemon=True)
+                self._writer.start()
+            self._cond.notify_all()
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise RuntimeError(f"{self.path}: writing the request cache failed: {err}") from err
+
+    def _write_loop(self) -> None:
+        # Another cache object on the same file (a second backend role) may be committing: wait for it.
+        db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=120)
+        db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            while True:
+                with self._cond:
+                    while not self._pending and not self._closing:
+                        self._cond.wait()
+                    if not self._pending:
+                        return
+                    closing = self._closing
+                if not closing:
+                    time.sleep(self.flush_seconds)  # let a batch gather
+                with self._cond:
+                    batch = dict(self._pending)
+                    self._committing = True
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", batch.items())
+                    db.execute("COMMIT")
+                except BaseException as e:  # noqa: BLE001 - reported to the caller's next put/flush/close
+                    try:
+                        db.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass
+                    with self._cond:
+                        self._error = e
+                        for k, v in batch.items():  # drop the batch: it cannot be written
+                            if self._pending.get(k) is v:
+                                del self._pending[k]
+                        self._committing = False
+                        self._cond.notify_all()
+                    continue
+                with self._cond:
+                    for k, v in batch.items():
+                        if self._pending.get(k) is v:  # unless a newer value came meanwhile
+                            del self._pending[k]
+                    self._committing = False
+                    self._cond.notify_all()
+        finally:
+            db.close()
+
+    def flush(self) -> None:
+        """Wait until every entry put so far is committed."""
+        with self._cond:
+            while self._pending and self._writer is not None and self._writer.is_alive():
+                self._cond.notify_all()
+                self._cond.wait(0.1)
+            self._raise_error()
 
     def __len__(self) -> int:
+        self.flush()
         with self._lock:
             return self._db.execute("SELECT COUNT(*) FROM results").fetchone()[0]
 
     def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
         with self._lock:
             self._db.close()
+        with self._cond:
+            self._raise_error()
 
 
 class CachedBackend(Backend):
@@ -73,8 +181,9 @@ class CachedBackend(Backend):
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
         misses: list[int] = []
         keys = [r.cache_key(self.model) for r in requests]
+        hits = self.cache.get_many(keys)
         for i, key in enumerate(keys):
-            hit = self.cache.get(key)
+            hit = hits.get(key)
             if hit is not None:
                 self.stats.add(hit)
                 yield i, hit
