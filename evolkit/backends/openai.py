@@ -6,7 +6,10 @@
   responses, honouring ``Retry-After``;
 * optional requests-per-minute and tokens-per-minute limits;
 * several base URLs: each request goes to the healthy endpoint with the fewest requests in flight; an endpoint that keeps
-  failing is drained for a cool-down while its requests are retried elsewhere.
+  failing is drained for a cool-down while its requests are retried elsewhere. After the cool-down it gets one probe
+  request at a time until one succeeds; a failed probe drains it again for twice as long (up to 16 cool-downs). An
+  attempt that failed because of its endpoint (connection error, timeout, 5xx) while another endpoint is healthy is
+  retried there at once and does not use up the request's retries, so a dead replica never makes a request fail.
 
 A request that still fails after its retries becomes ``Result(error=...)`` for that item alone.
 """
@@ -55,6 +58,9 @@ class _Endpoint:
     in_flight: int = 0
     consecutive_failures: int = 0
     down_until: float = 0.0
+    #: Drained before and not yet proven healthy again: at most one request (a probe) at a time.
+    suspect: bool = False
+    cooldown: float = 0.0
 
 
 class _Retryable(Exception):
@@ -131,17 +137,32 @@ class OpenAIBackend(Backend):
     # -- endpoint choice -------------------------------------------------------------------------------------------
     def _pick(self) -> _Endpoint:
         now = time.monotonic()
-        healthy = [e for e in self.endpoints if e.down_until <= now] or self.endpoints
+        up = [e for e in self.endpoints if e.down_until <= now]
+        healthy = [e for e in up if not (e.suspect and e.in_flight > 0)] or up or self.endpoints
         return min(healthy, key=lambda e: e.in_flight)
 
     def _mark(self, ep: _Endpoint, ok: bool) -> None:
         if ok:
             ep.consecutive_failures = 0
+            ep.suspect = False
+            ep.cooldown = 0.0
             return
         ep.consecutive_failures += 1
-        if len(self.endpoints) > 1 and ep.consecutive_failures >= self.drain_after_failures:
-            ep.down_until = time.monotonic() + self.drain_seconds
+        if len(self.endpoints) < 2:
+            return
+        if ep.suspect and ep.down_until <= time.monotonic():  # a failed probe: drained again, for longer
+            ep.cooldown = min(ep.cooldown * 2, 16 * self.drain_seconds)
+            ep.down_until = time.monotonic() + ep.cooldown
             ep.consecutive_failures = 0
+        elif ep.consecutive_failures >= self.drain_after_failures:
+            ep.cooldown = max(ep.cooldown, self.drain_seconds)
+            ep.down_until = time.monotonic() + ep.cooldown
+            ep.suspect = True
+            ep.consecutive_failures = 0
+
+    def _other_healthy(self, ep: _Endpoint) -> bool:
+        now = time.monotonic()
+        return any(e is not ep and e.down_until <= now and not e.suspect for e in self.endpoints)
 
     # -- one request -----------------------------------------------------------------------------------------------
     async def _call(self, ep: _Endpoint, req: Request, slot: int = 0) -> list[Completion]:
@@ -211,31 +232,41 @@ class OpenAIBackend(Backend):
     async def _one(self, req: Request, slot: int = 0) -> Result:
         est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
         last = "unknown"
-        for attempt in range(1, self.max_retries + 2):
+        sent = 0
+        #: Attempts that failed because of their endpoint while another one was healthy: retried at once elsewhere,
+        #: outside the retry budget (at most two per endpoint, so a request that fails everywhere still ends).
+        free = 0
+        attempt = 1
+        while attempt <= self.max_retries + 1:
             if self._rpm:
                 await self._rpm.take(1)
             if self._tpm:
                 await self._tpm.take(est_tokens)
             ep = self._pick()
             ep.in_flight += 1
+            sent += 1
             try:
                 comps = await self._call(ep, req, slot)
                 self._mark(ep, True)
-                return Result(comps, attempts=attempt)
+                return Result(comps, attempts=sent)
             except _Retryable as e:
                 last = e.reason
                 self._mark(ep, not e.endpoint_fault)
+                if e.endpoint_fault and free < 2 * len(self.endpoints) and self._other_healthy(ep):
+                    free += 1
+                    continue
                 if attempt > self.max_retries:
                     break
                 delay = random.uniform(0, min(self.backoff_max, self.backoff_base * 2 ** (attempt - 1)))
                 if e.retry_after is not None:
                     delay = max(delay, min(e.retry_after, self.retry_after_max))
+                attempt += 1
                 await asyncio.sleep(delay)
             except Exception as e:  # a non-retryable error of this request alone
-                return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=attempt)
+                return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=sent)
             finally:
                 ep.in_flight -= 1
-        return Result(error=f"gave up after {self.max_retries + 1} attempts: {last}", attempts=self.max_retries + 1)
+        return Result(error=f"gave up after {sent} attempts: {last}", attempts=sent)
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
         n = len(requests)
