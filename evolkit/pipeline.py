@@ -139,7 +139,11 @@ def run_all(config: RunConfig, run_dir: str | Path | None = None, force: bool = 
     results: dict[str, Any] = {}
     with Context.open(config, run_dir, show_progress) as ctx:
         results["seeds"] = run_stage(ctx, "seeds", force=False)
-        for name in stages or list(config.stages):
+        from .stages import STAGE_CONFIGS
+
+        order = list(STAGE_CONFIGS)
+        # Data flows one way: stages always run in pipeline order, whatever order the YAML lists them in.
+        for name in sorted(stages or list(config.stages), key=order.index):
             results[name] = run_stage(ctx, name, force=force)
         results["_run_dir"] = str(ctx.store.root)
         results["_backend"] = {k: be.stats.__dict__ for k, be in ctx._backends.items()}
