@@ -4,7 +4,7 @@ Used by the evolve stage on every round and reusable by any command that checks 
 contamination`` ...). Nothing here calls a model or touches the run store.
 
 * **Rules** (pure functions): :func:`find_artifact` (leftover prompt text such as ``#Rewritten Prompt#``),
-  :func:`find_refusal`, :func:`length_issue`, :func:`shingle_jaccard` / :func:`no_gain` (an evolution that is a near copy
+  :func:`find_refusal`, a solution written instead of the problem (:data:`DEFAULT_SOLUTION_MARKERS`), :func:`length_issue`, :func:`shingle_jaccard` / :func:`no_gain` (an evolution that is a near copy
   of its parent), bundled by :class:`Eliminator` which returns the first failing rule as ``(reason, detail)``.
 * **Text keys**: :func:`tokenize` (lower-case ``\\w+`` words), :func:`normalize_text` (the exact-duplicate key).
 * **Batch hashing** (:class:`TextHasher`): every token gets a stable 64-bit hash (blake2b, cached); word n-grams are
@@ -57,6 +57,15 @@ DEFAULT_REFUSALS: tuple[str, ...] = (
     r"\bas\s+an\s+(?:ai|language\s+model)\b",
     r"\bI\s+apologi[sz]e\b",
     r"\b(?:cannot|can't)\s+(?:be\s+)?(?:rewritten|made\s+(?:harder|easier|simpler))\b",
+)
+
+#: A solution (or an answer) written instead of, or after, the problem.
+DEFAULT_SOLUTION_MARKERS: tuple[str, ...] = (
+    r"\bthe\s+(?:final\s+)?answer\s+is\b",
+    r"^\s*#{4}\s*\S",
+    r"\\boxed\s*\{",
+    r"^\s*(?:\*\*)?(?:step\s*1\b|solution\s*:|answer\s*:)",
+    r"^\s*(?:to\s+solve\s+(?:this|the)\b|let'?s\s+(?:solve|break|start|calculate)\b)",
 )
 
 _FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
@@ -142,12 +151,15 @@ def no_gain(text: str, parent: str, threshold: float = 0.9, k: int = 3) -> str |
 
 
 # Reasons, in the order the rules are checked (evolve adds request_failed, duplicates, contamination and answer ones).
-EMPTY, REFUSAL, ARTIFACT, LENGTH, NO_GAIN = "empty", "refusal", "prompt_artifact", "length", "no_information_gain"
+EMPTY, REFUSAL, ARTIFACT, SOLUTION, LENGTH, NO_GAIN = (
+    "empty", "refusal", "prompt_artifact", "solution_not_problem", "length", "no_information_gain",
+)
 
 
 @dataclass
 class Eliminator:
-    """The text rules for one evolved problem, checked in order: empty, refusal, prompt artifact, length, no gain."""
+    """The text rules for one evolved problem, checked in order: empty, refusal, prompt artifact, a solution instead of
+    a problem, length, no gain (near-identical to the parent)."""
 
     artifacts: Sequence[str] = DEFAULT_ARTIFACTS
     refusals: Sequence[str] = DEFAULT_REFUSALS
@@ -155,12 +167,15 @@ class Eliminator:
     max_chars: int = 4000
     parent_similarity: float = 0.9
     shingle: int = 3
+    solution_markers: Sequence[str] = DEFAULT_SOLUTION_MARKERS
     _art: list[re.Pattern[str]] = field(init=False, repr=False)
     _ref: list[re.Pattern[str]] = field(init=False, repr=False)
+    _sol: list[re.Pattern[str]] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._art = _compile(self.artifacts)
         self._ref = _compile(self.refusals)
+        self._sol = _compile(self.solution_markers)
 
     def check(self, text: str, parent: str | None = None) -> tuple[str, str] | None:
         """``(reason, detail)`` of the first rule the text fails, or None when it passes all of them."""
@@ -172,6 +187,9 @@ class Eliminator:
         hit = find_pattern(text, self._art)
         if hit:
             return ARTIFACT, hit
+        hit = find_pattern(text, self._sol)
+        if hit:
+            return SOLUTION, hit
         issue = length_issue(text, self.min_chars, self.max_chars)
         if issue:
             return LENGTH, issue

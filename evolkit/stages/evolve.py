@@ -193,6 +193,8 @@ class Config(BaseModel):
     #: Share of requested children expected to survive all checks (first round; later rounds use the observed share).
     expected_survival: float = Field(0.85, gt=0, le=1)
     adapt_survival: bool = True
+    #: The survival estimate never goes below this: at most 1/floor children are asked for per planned survivor.
+    survival_floor: float = Field(0.25, gt=0, le=1)
     max_topups: int = Field(2, ge=0)
     topup_tolerance: float = Field(0.02, ge=0, le=1)
     #: Upper bound on children requested per parent in one round (all passes together).
@@ -619,12 +621,13 @@ class Engine:
     def survival_estimate(self) -> float:
         """Expected share of requested children that survive: the last round's share (when it had >= 20 requests),
         else the share over everything so far, else ``expected_survival``."""
+        floor = self.cfg.survival_floor
         if self.cfg.adapt_survival:
             if self.last_survival is not None:
-                return min(1.0, max(0.05, self.last_survival))
+                return min(1.0, max(floor, self.last_survival))
             if self.requested_total >= 20:
-                return min(1.0, max(0.05, self.kept_total / self.requested_total))
-        return self.cfg.expected_survival
+                return min(1.0, max(floor, self.kept_total / self.requested_total))
+        return max(floor, self.cfg.expected_survival)
 
     async def run_round(self, r: int, rc: RoundConfig, seeds: list[Problem], planned: float) -> RoundStats:
         cfg = self.cfg
