@@ -822,9 +822,9 @@ def make_plots(summary: dict[str, Any], out_dir: Any) -> list[str]:
     panels = {}
     for metric, label in (("steps", "solution steps"), ("solution_chars", "solution length (chars)"),
                           ("agreement", "answer agreement"), ("question_chars", "question length (chars)")):
-        series = {}
-        for d in ("upward", "downward"):
-            series[d] = [base.get(metric)] + [r["by_direction"][d][metric] for r in rounds]
+        series = {d: [None] + [r["by_direction"][d][metric] for r in rounds] for d in ("upward", "downward")}
+        if base.get(metric) is not None:
+            series["seeds (sft solutions)"] = [base[metric]] + [None] * len(rounds)
         panels[label] = series
     p = report.panel_plot(out_dir / "difficulty.png", xs, panels,
                           title="Difficulty proxy by round and direction (round 0 = seeds)", xlabel="round")
