@@ -34,6 +34,9 @@ class BackendConfig(_Model):
     request_timeout: float = Field(600.0, gt=0)
     rpm: float | None = None
     tpm: float | None = None
+    #: openai backend: the HTTP client. auto: evolkit's lean HTTP/1.1 client for plain http:// endpoints without a
+    #: proxy (vllm serve replicas; much less CPU per request), the OpenAI SDK's client otherwise; sdk: always the SDK's.
+    http_client: Literal["auto", "lean", "sdk"] = "auto"
     batch_size: int = Field(8, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine_kwargs: dict[str, Any] = {}

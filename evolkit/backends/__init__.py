@@ -30,6 +30,7 @@ def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Ba
             request_timeout=cfg.request_timeout,
             rpm=cfg.rpm,
             tpm=cfg.tpm,
+            http_client=cfg.http_client,
         )
     elif kind == "transformers":
         from .transformers import TransformersBackend

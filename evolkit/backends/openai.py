@@ -5,6 +5,10 @@
 * per-request retries with exponential backoff and full jitter on 429 / 5xx / timeouts / connection errors / malformed
   responses, honouring ``Retry-After``;
 * optional requests-per-minute and tokens-per-minute limits;
+* the HTTP client: plain ``http://`` endpoints (``vllm serve`` replicas and the like) are spoken to with evolkit's small
+  keep-alive HTTP/1.1 client (:mod:`evolkit.backends._lean_http`, some 20x less CPU per request than the SDK's httpx
+  stack, which would otherwise be the bottleneck at thousands of requests per second); ``https://`` endpoints, proxied
+  ones and ``http_client="sdk"`` use the OpenAI SDK's client. Both give the same results, retries and errors;
 * several base URLs: each request goes to the healthy endpoint with the fewest requests in flight; an endpoint that keeps
   failing is drained for a cool-down while its requests are retried elsewhere. After the cool-down it gets one probe
   request at a time until one succeeds; a failed probe drains it again for twice as long (up to 16 cool-downs). An
@@ -55,12 +59,30 @@ class _Endpoint:
     url: str
     #: Several clients, each with its own small connection pool: a worker always uses the same one (see ``stream``).
     clients: list[Any]
+    #: The lean HTTP client's connections (plain http endpoints); None: requests go through ``clients``.
+    lean: Any = None
     in_flight: int = 0
     consecutive_failures: int = 0
     down_until: float = 0.0
     #: Drained before and not yet proven healthy again: at most one request (a probe) at a time.
     suspect: bool = False
     cooldown: float = 0.0
+
+
+def _lean_ok(url: str, mode: str) -> bool:
+    """Whether ``url`` goes through the lean client: ``lean`` forces it for http URLs; ``auto`` uses it for http URLs
+    that no proxy setting of the environment applies to (https, proxies: the SDK's client)."""
+    if mode == "sdk" or not url.startswith("http://"):
+        return False
+    if mode == "lean":
+        return True
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    proxies = urllib.request.getproxies()
+    if not (proxies.get("http") or proxies.get("all")):
+        return True
+    return bool(urllib.request.proxy_bypass(urlsplit(url).netloc))
 
 
 class _Retryable(Exception):
@@ -90,10 +112,10 @@ class OpenAIBackend(Backend):
         drain_seconds: float = 30.0,
         retry_after_max: float = 300.0,
         connections_per_client: int = 8,
+        http_client: str = "auto",
     ):
         super().__init__()
         import httpx
-        from openai import AsyncOpenAI
 
         self.model = model
         urls = [base_url] if isinstance(base_url, str) or base_url is None else list(base_url)
@@ -115,27 +137,47 @@ class OpenAIBackend(Backend):
         per = max(1, int(connections_per_client))
         n_clients = -(-self.max_concurrency // per)
         per = -(-self.max_concurrency // n_clients)
-        limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
-        tls = httpx.create_ssl_context()  # one CA bundle load, shared by the clients
-        self.endpoints = [
-            _Endpoint(
-                url or "https://api.openai.com/v1",
-                [
-                    AsyncOpenAI(
-                        base_url=url,
-                        api_key=key,
-                        max_retries=0,
-                        timeout=request_timeout,
-                        http_client=httpx.AsyncClient(limits=limits, timeout=request_timeout, verify=tls),
-                    )
-                    for _ in range(n_clients)
-                ],
+        self._limits = httpx.Limits(max_connections=per, max_keepalive_connections=per)
+        self._tls: Any = None  # one CA bundle load, shared by the SDK clients (made when the first one is)
+        self._key = key
+        self._n_clients = n_clients
+        if http_client not in ("auto", "lean", "sdk"):
+            raise ValueError(f"http_client must be auto, lean or sdk, not {http_client!r}")
+        self.request_timeout = request_timeout
+        self.endpoints = []
+        for url in urls:
+            if url and _lean_ok(url, http_client):
+                from ._lean_http import LeanPool
+
+                lean = LeanPool(url, {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
+                                      "Accept": "application/json", "Accept-Encoding": "gzip, deflate",
+                                      "User-Agent": "evolkit"}, max_idle=self.max_concurrency)
+                # Its SDK client (only to phrase status errors exactly as the SDK does) is made when first needed.
+                self.endpoints.append(_Endpoint(url, [], lean=lean))
+            else:
+                self.endpoints.append(_Endpoint(url or "https://api.openai.com/v1", self._sdk_clients(url, n_clients)))
+
+    def _sdk_clients(self, url: str | None, n: int) -> list[Any]:
+        import httpx
+        from openai import AsyncOpenAI
+
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return [
+            AsyncOpenAI(
+                base_url=url,
+                api_key=self._key,
+                max_retries=0,
+                timeout=self.request_timeout,
+                http_client=httpx.AsyncClient(limits=self._limits, timeout=self.request_timeout, verify=self._tls),
             )
-            for url in urls
+            for _ in range(n)
         ]
 
     # -- endpoint choice -------------------------------------------------------------------------------------------
     def _pick(self) -> _Endpoint:
+        if len(self.endpoints) == 1:
+            return self.endpoints[0]
         now = time.monotonic()
         up = [e for e in self.endpoints if e.down_until <= now]
         healthy = [e for e in up if not (e.suspect and e.in_flight > 0)] or up or self.endpoints
@@ -183,14 +225,16 @@ class OpenAIBackend(Backend):
             body["seed"] = s.seed + req.sample_offset
         if self.extra_body:
             body.update(self.extra_body)
+        path = "/completions" if req.raw else "/chat/completions"
+        if ep.lean is not None:
+            data = await self._lean_post(ep, path, body)
+            return self._completions(data, req)
         # The SDK's generic ``post`` (its documented way to send a body as is): same auth, timeouts and errors as
         # ``chat.completions.create``, without its per-request parameter transformation and response model
         # construction, which cost more than everything else together at high request rates.
         try:
             client = ep.clients[slot % len(ep.clients)]
-            resp = await client.post(
-                "/completions" if req.raw else "/chat/completions", cast_to=httpx.Response, body=body
-            )
+            resp = await client.post(path, cast_to=httpx.Response, body=body)
         except openai.APIStatusError as e:
             code = e.status_code
             if code == 429 or code >= 500 or code == 408:
@@ -209,6 +253,55 @@ class OpenAIBackend(Backend):
             data = resp.json()
         except ValueError as e:  # malformed JSON body
             raise _Retryable(f"malformed response: {type(e).__name__}") from e
+        return self._completions(data, req)
+
+    async def _lean_post(self, ep: _Endpoint, path: str, body: dict[str, Any]) -> Any:
+        """One exchange with the lean client, failures sorted exactly as :meth:`_call` sorts the SDK's."""
+        import json
+
+        import zlib
+
+        from ._lean_http import ProtocolError
+
+        payload = json.dumps(body).encode()
+        try:
+            status, headers, content = await ep.lean.post(path, payload, self.request_timeout)
+        except TimeoutError as e:
+            raise _Retryable("timeout", endpoint_fault=True) from e
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, zlib.error) as e:
+            raise _Retryable("connection error", endpoint_fault=True) from e
+        if status >= 400:
+            if status == 429 or status >= 500 or status == 408:
+                ra = headers.get("retry-after")
+                try:
+                    retry_after = float(ra) if ra is not None else None
+                except ValueError:
+                    retry_after = None
+                raise _Retryable(f"http {status}", retry_after, endpoint_fault=status >= 500)
+            raise self._status_error(ep, path, status, headers, content)
+        try:
+            return json.loads(content)
+        except ValueError as e:  # malformed JSON body
+            raise _Retryable(f"malformed response: {type(e).__name__}") from e
+
+    def _status_error(self, ep: _Endpoint, path: str, status: int, headers: dict[str, str], content: bytes
+                      ) -> Exception:
+        """The exception the SDK raises for this response (same class and message), built by the SDK itself."""
+        import httpx
+
+        if not ep.clients:
+            ep.clients = self._sdk_clients(ep.url, 1)
+        client = ep.clients[0]
+        request = httpx.Request("POST", f"{ep.url.rstrip('/')}{path}")
+        hdrs = [(k, v) for k, v in headers.items() if k not in ("content-encoding", "transfer-encoding", "content-length")]
+        response = httpx.Response(status, headers=hdrs, content=content, request=request)
+        try:
+            return client._make_status_error_from_response(response)
+        except Exception:  # pragma: no cover - an SDK without that helper
+            return RuntimeError(f"Error code: {status} - {content[:300].decode('utf-8', 'replace')}")
+
+    def _completions(self, data: Any, req: Request) -> list[Completion]:
+        s = req.sampling
         try:
             choices = sorted(data["choices"], key=lambda c: c.get("index", 0))
             usage = data.get("usage") or {}
@@ -230,7 +323,9 @@ class OpenAIBackend(Backend):
         return out
 
     async def _one(self, req: Request, slot: int = 0) -> Result:
-        est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
+        est_tokens = 0
+        if self._tpm:
+            est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
         last = "unknown"
         sent = 0
         #: Attempts that failed because of their endpoint while another one was healthy: retried at once elsewhere,
@@ -300,5 +395,7 @@ class OpenAIBackend(Backend):
 
     async def aclose(self) -> None:
         for ep in self.endpoints:
+            if ep.lean is not None:
+                await ep.lean.aclose()
             for client in ep.clients:
                 await client.close()
