@@ -108,7 +108,15 @@ class RunConfig(_Model):
         for name, value in self.stages.items():
             if name not in models:
                 raise ValueError(f"unknown stage {name!r} (known: {', '.join(models)})")
-            parsed[name] = value if isinstance(value, models[name]) else models[name].model_validate(value or {})
+            if isinstance(value, models[name]):
+                parsed[name] = value
+                continue
+            try:
+                parsed[name] = models[name].model_validate(value or {})
+            except ValidationError as e:  # keep the full path: stages.<name>.<field>
+                raise ValueError("; ".join(
+                    f"stages.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+                )) from None
         self.stages = parsed
         return self
 
@@ -129,8 +137,9 @@ class RunConfig(_Model):
 def _format_validation(err: ValidationError, where: str) -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
-        lines.append(f"{where}: {loc}: {e['msg']}")
+        loc = ".".join(str(p) for p in e["loc"])
+        msg = e["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
     return "\n".join(lines)
 
 
