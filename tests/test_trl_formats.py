@@ -23,31 +23,17 @@ from tests.fixture_run import build_fixture_run
 
 pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
 
+from tests.plugins.tiny_models import smollm2_tokenizer_dir  # noqa: E402,F401  (session fixture)
+
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "max_position_embeddings": 1024}
 
 
 @pytest.fixture(scope="session")
-def tokenizer() -> Any:
+def tokenizer(smollm2_tokenizer_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
-    from evolkit.backends.transformers import _cache_root, smollm2_gguf
-
-    try:
-        gguf = smollm2_gguf()
-    except RuntimeError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
-    converted = sorted(d for d in _cache_root().glob(f"{gguf.stem}-*")
-                       if not d.name.endswith(".tmp") and (d / "tokenizer.json").exists())
-    if converted:
-        tok = AutoTokenizer.from_pretrained(converted[0])
-    else:
-        tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    return tok
+    return AutoTokenizer.from_pretrained(smollm2_tokenizer_dir)
 
 
 @pytest.fixture(scope="session")
