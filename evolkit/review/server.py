@@ -2,7 +2,7 @@
 
     from evolkit.review.server import LocalArgilla
 
-    with LocalArgilla("/tmp/argilla-work") as srv:          # or srv = LocalArgilla(...).start(); ...; srv.stop()
+    with LocalArgilla("argilla-work") as srv:          # or srv = LocalArgilla(...).start(); ...; srv.stop()
         import argilla as rg
         client = rg.Argilla(api_url=srv.url, api_key=srv.api_key)
         srv.reviewers                                         # [("reviewer1", "<password>"), ("reviewer2", ...)]
