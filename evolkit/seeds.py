@@ -166,7 +166,7 @@ def sample(problems: list[Problem], n: int | None, seed: int = 0, stratify: bool
     for p in problems:
         strata[(p.level, p.type) if stratify else None].append(p)
     if len(strata) == 1:
-        return sorted(rng.sample(problems, n), key=problems.index)
+        return [problems[i] for i in sorted(rng.sample(range(len(problems)), n))]
     total = len(problems)
     quotas = {k: n * len(v) / total for k, v in strata.items()}
     alloc = {k: int(q) for k, q in quotas.items()}
