@@ -1,4 +1,4 @@
-"""Where a stage's generation steps run: in this process (``local``, the default) or spread over a Ray cluster (``ray``).
+"""Where a stage's generation steps run: in this process (``local``, the default) or over a Ray cluster (``ray``).
 
 A *generation step* (:class:`Step`) is a list of requests to one backend role plus a function that turns each result
 into the rows the stage writes (parsing, answer extraction, answer checking). A stage runs it with
@@ -18,7 +18,8 @@ into the rows the stage writes (parsing, answer extraction, answer checking). A 
   deterministically.
 
 A worker that dies turns its unfinished requests into failed results (``Result(error=...)``): the stage records them as
-failures and a resumed run retries them, as with any failed request.
+failures and a resumed run retries them, as with any failed request. An exception raised by a row maker in a worker is
+raised on the driver, as it would be in a local run.
 
 Config (``executor:`` in the run config, or ``--executor ray`` on the command line)::
 
@@ -34,7 +35,6 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -53,7 +53,7 @@ log = logging.getLogger("evolkit.executors")
 Rows = list[dict[str, Any]]
 #: ``make_rows(env, item, result) -> rows`` (or an awaitable of rows). Under Ray it runs in the workers, so it must be
 #: picklable: a module-level function, or a ``functools.partial`` of one with picklable arguments (no ``ctx``).
-MakeRows = Callable[["StepEnv", Any, Result], "Rows | Awaitable[Rows]"]
+MakeRows = Callable[["StepEnv", Any, Result], Rows | Awaitable[Rows]]
 
 
 class ExecutorConfig(BaseModel):
@@ -174,13 +174,9 @@ class _WorkerImpl:
         batch: list[tuple[int, Result, Rows | None]] = []
         last = time.monotonic()
         async for i, res in be.stream(requests):
-            rows = None
-            if make_rows is not None:
-                try:
-                    rows = await _rows(make_rows, env, items[i] if items is not None else None, res)
-                except Exception as e:  # a row maker that fails must not take the shard down: report it per item
-                    res = Result(error=f"making rows failed: {type(e).__name__}: {e}", attempts=res.attempts)
-                    rows = await _rows(make_rows, env, items[i] if items is not None else None, res)
+            # A row maker that raises ends the shard with its exception, which the driver raises (as a local run would).
+            item = items[i] if items is not None else None
+            rows = None if make_rows is None else await _rows(make_rows, env, item, res)
             batch.append((i, res, rows))
             now = time.monotonic()
             if len(batch) >= batch_size or now - last >= batch_seconds:
@@ -341,7 +337,7 @@ class RayBackend(Backend):
         actors = self.executor._ensure_actors()
         c = self.executor.cfg
         shards = [list(range(s, n, len(actors))) for s in range(min(len(actors), n))]
-        queue: asyncio.Queue[tuple[int, list[tuple[int, Result, Rows | None]] | None]] = asyncio.Queue()
+        queue: asyncio.Queue[tuple[int, Any]] = asyncio.Queue()
         returned: list[set[int]] = [set() for _ in shards]
 
         async def pump(s: int) -> None:
@@ -356,7 +352,13 @@ class RayBackend(Backend):
                     queue.put_nowait((s, batch))
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # the worker died or failed: its unfinished requests fail (never lost)
+            except Exception as e:
+                import ray
+
+                if isinstance(e, ray.exceptions.RayTaskError):  # our code raised in the worker: raise it here
+                    queue.put_nowait((s, e.as_instanceof_cause()))
+                    return
+                # The worker died (or could not be reached): its unfinished requests fail, none is lost.
                 err = f"ray worker failed: {type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
                 lost = [(j, Result(error=err), None) for j in range(len(idx)) if j not in returned[s]]
                 queue.put_nowait((s, lost))
@@ -371,6 +373,8 @@ class RayBackend(Backend):
                 if batch is None:
                     open_ -= 1
                     continue
+                if isinstance(batch, BaseException):
+                    raise batch
                 for j, res, rows in batch:
                     if j in returned[s]:
                         continue
@@ -391,6 +395,3 @@ def make_executor(cfg: ExecutorConfig | None) -> LocalExecutor | RayExecutor:
         return LocalExecutor()
     return RayExecutor(cfg)
 
-
-def describe(cfg: ExecutorConfig | None) -> dict[str, Any]:
-    return json.loads((cfg or ExecutorConfig()).model_dump_json())

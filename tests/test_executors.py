@@ -193,3 +193,30 @@ def test_dead_worker_fails_its_unfinished_requests_and_loses_none(ray_local) -> 
     assert failed and all("ray worker failed" in r.error for _, r in failed)
     assert all(i % 2 == 0 for i, _ in failed)  # only shard 0's requests (0, 2, 4, ...) were on the dead worker
     assert be.stats.requests == 60 and be.stats.failed == len(failed)
+
+
+@pytest.mark.parametrize("kind", ["local", "ray"])
+def test_a_failing_row_maker_fails_the_step_in_both_executors(tmp_path: Path, kind: str, request) -> None:
+    from evolkit.backends import Request, Sampling
+    from evolkit.executors import Step, run_step
+    from evolkit.pipeline import Context
+    from evolkit.records import Problem
+    from evolkit.stages.sft import solution_rows
+
+    if kind == "ray":
+        request.getfixturevalue("ray_local")
+    cfg = RunConfig.model_validate({"backend": {"kind": "deterministic"}, "stages": {},
+                                    "executor": RAY_EXECUTOR if kind == "ray" else {"kind": "local"}})
+    probs = [Problem(id=f"p{i}", root_id=f"p{i}", source="gsm8k", question=f"What is {i} + 1?", gold_answer=str(i + 1))
+             for i in range(6)]
+    items: list = [(p, p.gold_answer, True, {}) for p in probs]
+    items[4] = "not a tuple of four"  # the row maker cannot unpack it
+    reqs = [Request([{"role": "user", "content": p.question}], Sampling(max_tokens=8), task="solve",
+                    meta={"question": p.question, "gold": p.gold_answer}) for p in probs]
+
+    async def go(ctx: Context) -> list:
+        return [x async for x in run_step(ctx, Step("main", reqs, items, solution_rows))]
+
+    with Context.open(cfg, tmp_path / "run", show_progress=False) as ctx:
+        with pytest.raises(ValueError, match="unpack"):
+            asyncio.run(go(ctx))

@@ -104,12 +104,14 @@ class _TinyServer:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                length = next(int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length"))
+                length = next(int(ln.split(b":")[1]) for ln in head.split(b"\r\n")
+                              if ln.lower().startswith(b"content-length"))
                 req = json.loads(await reader.readexactly(length))
                 self.requests += 1
                 served += 1
                 payload = self._payload(req)
-                headers = [f"{'HTTP/1.0' if self.http10 else 'HTTP/1.1'} {self.status} X", "Content-Type: application/json"]
+                version = "HTTP/1.0" if self.http10 else "HTTP/1.1"
+                headers = [f"{version} {self.status} X", "Content-Type: application/json"]
                 if self.gzipped:
                     payload = gzip.compress(payload)
                     headers.append("Content-Encoding: gzip")
@@ -118,7 +120,8 @@ class _TinyServer:
                 if self.chunked:
                     headers.append("Transfer-Encoding: chunked")
                     mid = len(payload) // 2
-                    body = b"".join(f"{len(p):x};ext=1\r\n".encode() + p + b"\r\n" for p in (payload[:mid], payload[mid:]) if p)
+                    parts = [p for p in (payload[:mid], payload[mid:]) if p]
+                    body = b"".join(f"{len(p):x};ext=1\r\n".encode() + p + b"\r\n" for p in parts)
                     body += b"0\r\nX-Trailer: yes\r\n\r\n"
                 elif self.http10 and self.close:
                     body = payload  # no length: the body ends with the connection

@@ -10,7 +10,8 @@ those servers speak: ``Content-Length`` and ``chunked`` bodies, ``gzip``/``defla
 A connection that has been idle may have been closed by the server (keep-alive timeout): when a reused connection
 ends before any byte of the response, the request is sent again on a fresh one, as HTTP clients usually do. Every
 other failure is raised: ``ConnectionError``/``OSError``/``asyncio.IncompleteReadError`` for a broken exchange,
-``TimeoutError`` when the whole exchange takes longer than ``timeout`` (checked every ``timeout / 20``, at most 1 s), :class:`ProtocolError` for an unreadable
+``TimeoutError`` when the whole exchange takes longer than ``timeout`` (checked every ``timeout / 20``, at most
+every second), :class:`ProtocolError` for an unreadable
 response.
 """
 

@@ -293,7 +293,8 @@ class OpenAIBackend(Backend):
             ep.clients = self._sdk_clients(ep.url, 1)
         client = ep.clients[0]
         request = httpx.Request("POST", f"{ep.url.rstrip('/')}{path}")
-        hdrs = [(k, v) for k, v in headers.items() if k not in ("content-encoding", "transfer-encoding", "content-length")]
+        skip = ("content-encoding", "transfer-encoding", "content-length")  # the body is already decoded
+        hdrs = [(k, v) for k, v in headers.items() if k not in skip]
         response = httpx.Response(status, headers=hdrs, content=content, request=request)
         try:
             return client._make_status_error_from_response(response)
@@ -325,7 +326,8 @@ class OpenAIBackend(Backend):
     async def _one(self, req: Request, slot: int = 0) -> Result:
         est_tokens = 0
         if self._tpm:
-            est_tokens = req.sampling.max_tokens * req.sampling.n + sum(len(m.get("content", "")) for m in req.messages) // 4
+            prompt_chars = sum(len(m.get("content", "")) for m in req.messages)
+            est_tokens = req.sampling.max_tokens * req.sampling.n + prompt_chars // 4
         last = "unknown"
         sent = 0
         #: Attempts that failed because of their endpoint while another one was healthy: retried at once elsewhere,

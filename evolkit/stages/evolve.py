@@ -438,7 +438,8 @@ class Engine:
                                 meta={"question": c.parent.question})
                         for c in items
                     ]
-                    step = Step(role, reqs, [(c.id, r, c.pass_, c.parent.id, c.op, c.index, role, sampling_d) for c in items],
+                    step = Step(role, reqs,
+                                [(c.id, r, c.pass_, c.parent.id, c.op, c.index, role, sampling_d) for c in items],
                                 evolution_rows)
                     async for i, _res, rows in run_step(self.ctx, step):
                         for row in rows:
