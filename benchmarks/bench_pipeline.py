@@ -32,6 +32,7 @@ import json
 import os
 import statistics
 import subprocess
+import tempfile
 import sys
 import threading
 import time
@@ -509,7 +510,7 @@ def main() -> None:
     ap.add_argument("--profiler", choices=["py-spy", "pyinstrument", "none"], default="py-spy",
                     help="profiler of the last evolve run (py-spy: on-CPU samples of the driver and the checker "
                          "workers; falls back to pyinstrument when py-spy is not installed)")
-    ap.add_argument("--profile-out", default="/tmp/evolkit-bench-evolve-profile.txt")
+    ap.add_argument("--profile-out", default=str(Path(tempfile.gettempdir()) / "evolkit-bench-evolve-profile.txt"))
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--smart", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clients", nargs="+", choices=list(CLIENTS), default=["evolkit", "sockets", "plain"],
