@@ -108,19 +108,36 @@ def _check_run_dir(cfg: Any, args: argparse.Namespace) -> Path:
     return run_dir
 
 
+def _summary_lines(summary: dict[str, Any], depth: int = 0) -> list[str]:
+    """A stage summary as short "key: value" lines: numbers and short texts, nested counts one level down."""
+    lines: list[str] = []
+    for k, v in (summary or {}).items():
+        if k in ("plots",) or isinstance(v, list):
+            continue
+        if isinstance(v, dict):
+            flat = {a: b for a, b in v.items() if isinstance(b, (int, float, str)) and len(str(b)) < 40}
+            if flat and depth == 0:
+                lines.append(f"{k}: " + ", ".join(f"{a}={b}" for a, b in flat.items()))
+            continue
+        if isinstance(v, float):
+            v = round(v, 3)
+        if v is not None and len(str(v)) < 80:
+            lines.append(f"{k}: {v}")
+    return lines
+
+
 def print_summary(results: dict[str, Any], seconds: float) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(stderr=False)
-    table = Table(title="evolkit run summary")
+    table = Table(title="evolkit run summary", show_lines=True)
     table.add_column("stage")
     table.add_column("result")
     for stage, s in results.items():
         if stage.startswith("_"):
             continue
-        keep = {k: v for k, v in (s or {}).items() if not isinstance(v, (list,)) and k != "plots"}
-        table.add_row(stage, json.dumps(keep, ensure_ascii=False)[:600])
+        table.add_row(stage, "\n".join(_summary_lines(s)))
     console.print(table)
     for role, st in results.get("_backend", {}).items():
         console.print(
