@@ -55,6 +55,16 @@ def cpu_defaults() -> dict[str, Any]:
     return {"bf16": False, "fp16": False, "gradient_checkpointing": None}
 
 
+def resolve_precision_defaults(args: Any) -> None:
+    """For our own TrainingArguments subclasses whose ``bf16`` / checkpointing default to None (= decide here):
+    bf16 and activation checkpointing on an accelerator, both off on CPU."""
+    on_gpu = accelerator_type() != "cpu"
+    if args.bf16 is None:
+        args.bf16 = on_gpu and not args.fp16
+    if args.activation_checkpointing is None and args.gradient_checkpointing is None:
+        args.activation_checkpointing = on_gpu
+
+
 # ------------------------------------------------------------------------------------------------------------ arguments
 
 

@@ -119,11 +119,7 @@ class PPOConfig(TrainingArguments):
     whiten_rewards: bool = field(default=False, metadata={"help": "Whiten the per-token rewards (keeps the mean)."})
 
     def __post_init__(self) -> None:
-        on_gpu = common.accelerator_type() != "cpu"
-        if self.bf16 is None:
-            self.bf16 = on_gpu and not self.fp16
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = on_gpu
+        common.resolve_precision_defaults(self)
         super().__post_init__()
         if self.temperature <= 0:
             raise ValueError("temperature must be > 0 (PPO samples, and divides the logits by it)")

@@ -56,11 +56,7 @@ class PRMConfig(TrainingArguments):
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow models with custom code."})
 
     def __post_init__(self) -> None:
-        on_gpu = common.accelerator_type() != "cpu"
-        if self.bf16 is None:
-            self.bf16 = on_gpu and not self.fp16
-        if self.activation_checkpointing is None and self.gradient_checkpointing is None:
-            self.activation_checkpointing = on_gpu
+        common.resolve_precision_defaults(self)
         super().__post_init__()
 
 
