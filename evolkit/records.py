@@ -146,7 +146,9 @@ class PRMExample(Record):
     label_source: Literal["model", "human"] = "model"
     step_scores: list[float] | None = None
     final_correct: bool | None = None
-    source: str = "sft"
+    source: str = Field("sft", description="Where the labelled solution comes from: policy | sft | evolve")
+    solution_model: str | None = Field(None, description="Model that wrote the labelled solution")
+    labeller_model: str | None = Field(None, description="Model that labelled the steps (judge or rollout policy)")
 
 
 class RLPrompt(Record):
