@@ -33,8 +33,16 @@ config (see `evolkit recipes`).
 def _add_run_args(p: argparse.ArgumentParser, config_required: bool = False) -> None:
     p.add_argument("config", nargs=None if config_required else "?", help="YAML config (default: the embedded default recipe)")
     p.add_argument("-o", "--output-dir", help="run folder (default: the config's output_dir or runs/<name>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in an existing run folder")
-    p.add_argument("--force", action="store_true", help="re-run stages already marked done")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in this run folder: what is written stays, nothing is sent twice, and items "
+                        "whose requests failed (also in finished stages) are sent again. Without a config, the run's "
+                        "own settings are used; a config that changes the data (seeds, sizes, k, sampling, prompts, "
+                        "models) is refused")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="with --resume: leave failed items of finished stages as they are")
+    p.add_argument("--force", action="store_true",
+                   help="redo the stages named (and every stage after them) from nothing, with this config; the request "
+                        "cache still answers requests that were already answered")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set seeds.0.n=50 --set backend.kind=openai (YAML values)")
     p.add_argument("--no-progress", action="store_true", help="no progress lines")
@@ -44,67 +52,56 @@ def _add_run_args(p: argparse.ArgumentParser, config_required: bool = False) -> 
                    help="with --executor ray: the cluster to join (ray.init(address=...), e.g. auto or ray://head:10001)")
 
 
-def _overrides(pairs: list[str]) -> dict[str, Any]:
-    import yaml
-
-    out = {}
-    for item in pairs:
-        if "=" not in item:
-            raise EvolkitError(f"--set {item!r}: expected KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
-
-
-def _apply_list_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    for dotted, value in overrides.items():
-        cur: Any = data
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            cur = cur[int(k)] if isinstance(cur, list) else cur.setdefault(k, {})
-        last = keys[-1]
-        if isinstance(cur, list):
-            cur[int(last)] = value
-        else:
-            cur[last] = value
-    return data
-
-
 def load_run_config(args: argparse.Namespace) -> Any:
-    import yaml
+    from .config import RunConfig, apply_overrides, load_config, parse_override, validate
+    from .store import RunStore
 
-    from .config import RunConfig, _format_validation, load_config
-    from pydantic import ValidationError
-
-    overrides = _overrides(getattr(args, "set", []))
+    overrides = dict(parse_override(item) for item in getattr(args, "set", []))
     if getattr(args, "executor", None):
         overrides["executor.kind"] = args.executor
     if getattr(args, "ray_address", None):
         overrides["executor.address"] = args.ray_address
-    saved = Path(args.output_dir) / "config.yaml" if getattr(args, "output_dir", None) else None
+    out = getattr(args, "output_dir", None)
+    saved = Path(out) / "config.yaml" if out else None
     if not args.config and getattr(args, "resume", False) and saved is not None and saved.exists():
-        data = yaml.safe_load(saved.read_text())  # resuming: the run's own resolved config
+        base = RunStore(out, create=False).load_config()  # resuming: the run's own resolved config
+        where = str(saved)
     else:
         path = Path(args.config) if args.config else RECIPES / "default.yaml"
         cfg0 = load_config(path)
         if not overrides:
             return cfg0
-        data = cfg0.public_dict()
-    data = _apply_list_overrides(data, overrides)
-    try:
-        return RunConfig.model_validate(data)
-    except ValidationError as e:
-        raise EvolkitError(_format_validation(e, "--set")) from None
+        base = cfg0.public_dict()
+        where = "--set"
+    cfg: RunConfig = validate(apply_overrides(base, overrides), where)
+    return cfg
 
 
 def _check_run_dir(cfg: Any, args: argparse.Namespace) -> Path:
+    """The run folder: usable, and either new, or continued (--resume, same data settings) or redone (--force)."""
+    from .pipeline import check_resume
+    from .store import RunStore
+
     run_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir
+    for parent in [run_dir, *run_dir.parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                raise EvolkitError(f"{run_dir}: cannot be a run folder: {parent} is a file")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise EvolkitError(f"{run_dir}: cannot write there ({parent} is not writable)")
+            break
     manifest = run_dir / "manifest.json"
     if manifest.exists() and not (args.resume or args.force):
         raise EvolkitError(
             f"{run_dir} already holds a run. Use --resume to continue it, --force to redo its stages, "
             f"or -o to choose another folder."
         )
+    if args.resume and args.force:
+        raise EvolkitError("--resume and --force: choose one (continue the run, or redo its stages)")
+    if args.resume and not manifest.exists():
+        print(f"evolkit: {run_dir} holds no run yet: starting a new one", file=sys.stderr)
+    if args.resume and manifest.exists():
+        check_resume(cfg, RunStore(run_dir, create=False))
     return run_dir
 
 
@@ -159,7 +156,11 @@ def cmd_run(args: argparse.Namespace, stages: list[str] | None = None) -> int:
 
                 cfg.stages[s] = STAGE_CONFIGS[s]()
     t0 = time.time()
-    results = run_all(cfg, run_dir, force=args.force, stages=stages, show_progress=not args.no_progress)
+    try:
+        results = run_all(cfg, run_dir, force=args.force, stages=stages, show_progress=not args.no_progress,
+                          retry_failed=not getattr(args, "no_retry_failed", False))
+    except OSError as e:
+        raise EvolkitError(f"{e.filename or run_dir}: {e.strerror or e}") from None
     print_summary(results, time.time() - t0)
     return 0
 
@@ -202,6 +203,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from .settings import SecretFilter
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(SecretFilter())
     for noisy in ("httpx", "openai", "urllib3", "filelock"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if not getattr(args, "func", None):
@@ -210,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except EvolkitError as e:
-        print(f"evolkit: error: {e}", file=sys.stderr)
-        return 2
+        from .pipeline import StageFailed
+        from .store import scrub
+
+        print(f"evolkit: error: {scrub(str(e))}", file=sys.stderr)
+        return 1 if isinstance(e, StageFailed) else 2
     except KeyboardInterrupt:
         print("evolkit: interrupted; run again with --resume to continue", file=sys.stderr)
         return 130

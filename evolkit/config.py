@@ -14,50 +14,14 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import ConfigError
-from .executors import ExecutorConfig
+from .types import BACKEND_RUNTIME_FIELDS, BackendConfig, ExecutorConfig, SamplingConfig
+
+__all__ = ["BackendConfig", "ExecutorConfig", "SamplingConfig", "SeedSource", "RunConfig", "load_config",
+           "apply_overrides", "data_differences"]
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class BackendConfig(_Model):
-    kind: Literal["openai", "transformers", "vllm", "deterministic"] = "transformers"
-    model: str = "smollm2-135m-instruct"
-    #: OpenAI-compatible server(s). Several URLs spread the load by in-flight count.
-    base_url: str | None = None
-    base_urls: list[str] | None = None
-    #: Name of the environment variable holding the API key (the key itself never goes in a config).
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = Field(128, gt=0)
-    max_retries: int = Field(6, ge=0)
-    request_timeout: float = Field(600.0, gt=0)
-    rpm: float | None = None
-    tpm: float | None = None
-    #: openai backend: the HTTP client. auto: evolkit's lean HTTP/1.1 client for plain http:// endpoints without a
-    #: proxy (vllm serve replicas; much less CPU per request), the OpenAI SDK's client otherwise; sdk: always the SDK's.
-    http_client: Literal["auto", "lean", "sdk"] = "auto"
-    batch_size: int = Field(8, gt=0)
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    engine_kwargs: dict[str, Any] = {}
-    accuracy: float = Field(0.7, ge=0, le=1, description="deterministic backend only: share of correct answers")
-    delay_s: float = Field(0.0, ge=0, description="deterministic backend only: seconds per request (kill/resume tests)")
-    cache: bool = True
-
-    @model_validator(mode="before")
-    @classmethod
-    def _no_inline_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict) and "api_key" in data:
-            raise ValueError("put API keys in the environment and name the variable with api_key_env, not in the config")
-        return data
-
-
-class SamplingConfig(_Model):
-    temperature: float = Field(0.7, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(512, gt=0)
-    seed: int | None = 0
-    stop: list[str] = []
 
 
 class SeedSource(_Model):
@@ -93,6 +57,9 @@ class RunConfig(_Model):
     judge_backend: BackendConfig | None = None
     #: A second evolver (IRM needs variants from at least two evolvers).
     evolver_backend: BackendConfig | None = None
+    #: The policy being trained (e.g. a checkpoint saved by trainers.sft): PRM labels its own solutions
+    #: (``stages.prm.sources: [policy]``).
+    policy_backend: BackendConfig | None = None
     sampling: SamplingConfig = SamplingConfig()
     seeds: list[SeedSource] = [SeedSource(source="gsm8k"), SeedSource(source="math")]
     #: Stages to run, in order, with their settings (see each stage's Config).
@@ -100,6 +67,9 @@ class RunConfig(_Model):
     publish: dict[str, Any] | None = None
     #: Where generation steps run: this process (local) or a Ray cluster (see evolkit.executors).
     executor: ExecutorConfig = ExecutorConfig()
+    #: A stage whose requests failed at least this share (after retries) ends the run with an error and is not
+    #: marked done (an authentication error ends it at once); 1.0: only when every request failed.
+    max_failed_share: float = Field(1.0, gt=0, le=1)
 
     @model_validator(mode="after")
     def _validate_stages(self) -> RunConfig:
@@ -127,6 +97,16 @@ class RunConfig(_Model):
     def stage(self, name: str) -> Any:
         return self.stages[name]
 
+    def backend_roles(self) -> dict[str, BackendConfig]:
+        """Every configured backend by role (main, judge, evolver2, policy)."""
+        roles = {"main": self.backend, "judge": self.judge_backend, "evolver2": self.evolver_backend,
+                 "policy": self.policy_backend}
+        return {k: v for k, v in roles.items() if v is not None}
+
+    def secret_envs(self) -> list[str]:
+        """The key variables this config names (values never written anywhere)."""
+        return sorted({b.api_key_env for b in self.backend_roles().values()})
+
     def public_dict(self) -> dict[str, Any]:
         """The resolved config as plain data (there are no secrets in it by construction; the store scrubs anyway)."""
         d = self.model_dump(mode="json")
@@ -151,21 +131,154 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         raise ConfigError(f"{p}: no such config file") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"{p}:{mark.line + 1}" if mark else str(p)
-        raise ConfigError(f"{where}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    data = parse_yaml(text, str(p))
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: the top level must be a mapping")
-    for dotted, value in (overrides or {}).items():
-        cur = data
-        keys = dotted.split(".")
-        for k in keys[:-1]:
-            cur = cur.setdefault(k, {})
-        cur[keys[-1]] = value
+    if overrides:
+        data = apply_overrides(data, overrides)
+    return validate(data, str(p))
+
+
+def validate(data: dict[str, Any], where: str) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(_format_validation(e, str(p))) from None
+        raise ConfigError(_format_validation(e, where)) from None
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (YAML's last-wins would hide a mistake)."""
+
+
+def _no_duplicates(loader: yaml.SafeLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r} (first given on line {seen[key] + 1})", key_node.start_mark)
+        try:
+            seen[key] = key_node.start_mark.line
+        except TypeError:  # an unhashable key: YAML's own error follows
+            pass
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _no_duplicates)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text to data; errors name ``where`` and the line (duplicate keys are errors)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f"{where}:{mark.line + 1}" if mark else where
+        raise ConfigError(f"{at}: invalid YAML: {getattr(e, 'problem', None) or e}") from None
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` (VALUE in YAML) from ``--set``."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE (e.g. --set seeds.0.n=50)")
+    key, value = item.split("=", 1)
+    key = key.strip()
+    if not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted key (e.g. stages.sft.k)")
+    return key, parse_yaml(value, f"--set {key}") if value.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Set ``a.b.0.c``-style keys in ``data`` (a copy): mappings get missing keys, lists take an existing index."""
+    import copy
+
+    data = copy.deepcopy(data)
+    for dotted, value in overrides.items():
+        cur: Any = data
+        keys = dotted.split(".")
+        path: list[str] = []
+        for k in keys[:-1]:
+            path.append(k)
+            cur = _child(cur, k, path, dotted, create=True)
+        last = keys[-1]
+        if isinstance(cur, list):
+            cur[_index(cur, last, path + [last], dotted)] = value
+        elif isinstance(cur, dict):
+            cur[last] = value
+        else:
+            raise ConfigError(f"--set {dotted}: {'.'.join(path) or 'the config'} is a {type(cur).__name__} "
+                              f"({cur!r}), not a mapping or a list")
+    return data
+
+
+def _index(cur: list[Any], k: str, path: list[str], dotted: str) -> int:
+    try:
+        i = int(k)
+    except ValueError:
+        raise ConfigError(f"--set {dotted}: {'.'.join(path[:-1])} is a list: use a number, not {k!r}") from None
+    if not -len(cur) <= i < len(cur):
+        raise ConfigError(f"--set {dotted}: {'.'.join(path[:-1])} has {len(cur)} entries (0-{len(cur) - 1}), "
+                          f"no entry {i}")
+    return i
+
+
+def _child(cur: Any, k: str, path: list[str], dotted: str, create: bool) -> Any:
+    if isinstance(cur, list):
+        return cur[_index(cur, k, path, dotted)]
+    if isinstance(cur, dict):
+        nxt = cur.get(k)
+        if nxt is None and create:
+            nxt = cur[k] = {}
+        return nxt
+    raise ConfigError(f"--set {dotted}: {'.'.join(path[:-1]) or 'the config'} is a {type(cur).__name__} "
+                      f"({cur!r}), not a mapping or a list")
+
+
+#: Top-level config keys that never change what a run's data means (they may change when a run is resumed).
+RUNTIME_KEYS = frozenset({"name", "output_dir", "executor", "publish", "max_failed_share"})
+_BACKEND_KEYS = frozenset({"backend", "judge_backend", "evolver_backend", "policy_backend"})
+#: Stage settings that only change how results are shown.
+_STAGE_RUNTIME_KEYS = frozenset({"plots"})
+
+
+def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(obj, dict):
+        out: dict[str, Any] = {}
+        for k, v in obj.items():
+            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out or {prefix: {}}
+    return {prefix: obj}
+
+
+def _data_view(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved config (``public_dict``) that decide what the data is."""
+    out: dict[str, Any] = {}
+    for k, v in cfg.items():
+        if k in RUNTIME_KEYS:
+            continue
+        if k in _BACKEND_KEYS and isinstance(v, dict):
+            v = {a: b for a, b in v.items() if a not in BACKEND_RUNTIME_FIELDS}
+        if k == "stages" and isinstance(v, dict):
+            v = {s: ({a: b for a, b in c.items() if a not in _STAGE_RUNTIME_KEYS} if isinstance(c, dict) else c)
+                 for s, c in v.items()}
+        out[k] = v
+    return out
+
+
+def data_differences(old: dict[str, Any], new: dict[str, Any], stages: list[str] | None = None) -> list[str]:
+    """What differs between two resolved configs in ways that change the data (``key: old -> new`` lines).
+
+    Stages present in only one of them do not count (a resumed run may add or leave out stages); ``stages`` limits the
+    stage settings compared to those named."""
+    a, b = _data_view(old), _data_view(new)
+    sa, sb = a.pop("stages", {}) or {}, b.pop("stages", {}) or {}
+    common = [s for s in sa if s in sb and (stages is None or s in stages)]
+    a["stages"] = {s: sa[s] for s in common}
+    b["stages"] = {s: sb[s] for s in common}
+    fa, fb = _flatten(a), _flatten(b)
+    diffs = []
+    for key in sorted(set(fa) | set(fb)):
+        va, vb = fa.get(key, "(unset)"), fb.get(key, "(unset)")
+        if va != vb:
+            diffs.append(f"{key}: {va!r} -> {vb!r}")
+    return diffs

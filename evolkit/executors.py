@@ -1,21 +1,19 @@
 """Where a stage's generation steps run: in this process (``local``, the default) or over a Ray cluster (``ray``).
 
-A *generation step* (:class:`Step`) is a list of requests to one backend role plus a function that turns each result
-into the rows the stage writes (parsing, answer extraction, answer checking). A stage runs it with
-:func:`run_step` and writes the rows it gets back through the run store, exactly as it would write rows made from
-``backend.stream``; the stage does not know where the requests went.
+A *generation step* (:class:`evolkit.types.Step`) is a list of items, each with one request to a backend role, plus a
+function that turns each result into the rows the stage writes (parsing, answer extraction, answer checking). A stage
+runs it with ``ctx.generate`` (:class:`evolkit.pipeline.Context`), which resumes, caches and writes the rows; the
+executor only decides which backend object ``ctx.backend(role)`` is:
 
-* ``local``: the role's backend (``ctx.backend(role)``, wrapped in the run's request cache) streams the requests and the
-  rows are made on the event loop as results arrive; this is evolkit's single-process behaviour.
-* ``ray``: ``ctx.backend(role)`` is the run's request cache in front of a :class:`RayBackend`. The driver answers cache
-  hits itself; the misses are split into ``shards`` (one per worker actor; request ``j`` of the misses goes to shard
-  ``j % shards``) and each worker, holding its own backend built from the role's :class:`~evolkit.config.BackendConfig`
-  (its own vLLM engine on its GPU, its own transformers model, or its own client of the endpoints) and its own answer
-  checker, streams its shard and makes the rows there, sending them back in small batches as they finish. The driver
-  stores the results in the run's request cache, counts them in the backend's stats and hands the rows to the stage,
-  which writes them through the run store as they arrive. So resume (done keys read back from the shards), the request
-  cache and dedup work as in a local run, and the outputs are the same: each stage sorts its final rows
-  deterministically.
+* ``local``: the role's backend, in this process, wrapped in the run's request cache; rows are made on the event loop
+  as results arrive.
+* ``ray``: the run's request cache in front of a :class:`RayBackend`. The cache answers hits itself and sends the
+  misses, with the row maker, to the RayBackend (:meth:`evolkit.backends.cache.CachedBackend.stream_rows`), which splits
+  them into ``shards`` (one per worker actor; request ``j`` of the misses goes to shard ``j % shards``); each worker,
+  holding its own backend built from the role's :class:`~evolkit.types.BackendConfig` (its own vLLM engine on its GPU,
+  its own transformers model, or its own client of the endpoints) and its own answer checker, streams its shard and
+  makes the rows there, sending them back in small batches. The cache stores the results as they come back, so resume,
+  the request cache and dedup work as in a local run, and the outputs are the same.
 
 A worker that dies turns its unfinished requests into failed results (``Result(error=...)``): the stage records them as
 failures and a resumed run retries them, as with any failed request. An exception raised by a row maker in a worker is
@@ -34,88 +32,15 @@ installed on every node (or shipped with ``runtime_env``).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from .backends.base import Backend, Request, Result
-
-if TYPE_CHECKING:
-    from .config import BackendConfig
+from .backends.base import Backend, Request, Result, make_rows_of
+from .types import BackendConfig, ExecutorConfig, MakeRows, Rows, StepEnv
 
 log = logging.getLogger("evolkit.executors")
-
-Rows = list[dict[str, Any]]
-#: ``make_rows(env, item, result) -> rows`` (or an awaitable of rows). Under Ray it runs in the workers, so it must be
-#: picklable: a module-level function, or a ``functools.partial`` of one with picklable arguments (no ``ctx``).
-MakeRows = Callable[["StepEnv", Any, Result], Rows | Awaitable[Rows]]
-
-
-class ExecutorConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["local", "ray"] = "local"
-    #: ``ray.init(address=...)``: ``auto``, ``ray://head:10001``, ... (null: ``RAY_ADDRESS`` or a new local instance).
-    address: str | None = None
-    #: Worker actors, each with its own backend (null: what the cluster's CPUs/GPUs allow at the per-task sizes).
-    shards: int | None = Field(None, gt=0)
-    num_cpus_per_task: float = Field(1.0, ge=0)
-    num_gpus_per_task: float = Field(0.0, ge=0)
-    #: Results a worker collects before sending them back (it also sends whatever it has every ``batch_seconds``).
-    batch_size: int = Field(64, gt=0)
-    batch_seconds: float = Field(0.25, gt=0)
-    #: Answer-checker processes per worker (null: one per CPU of the task, at least one).
-    checker_workers: int | None = Field(None, gt=0)
-
-
-@dataclass
-class Step:
-    """One generation step: ``requests`` to the backend of ``role``; ``make_rows(env, items[i], result)`` gives the
-    rows of request ``i``."""
-
-    role: str
-    requests: list[Request]
-    items: Sequence[Any]
-    make_rows: MakeRows
-
-    def __post_init__(self) -> None:
-        if len(self.items) != len(self.requests):
-            raise ValueError(f"Step: {len(self.requests)} requests but {len(self.items)} items")
-
-
-@dataclass
-class StepEnv:
-    """What ``make_rows`` may use: the backend's model name and the answer checker of the process it runs in."""
-
-    model: str
-    _checker: Callable[[], Any] = field(repr=False, default=lambda: None)
-
-    def checker(self) -> Any:
-        return self._checker()
-
-
-async def _rows(make_rows: MakeRows, env: StepEnv, item: Any, res: Result) -> Rows:
-    out = make_rows(env, item, res)
-    if inspect.isawaitable(out):
-        out = await out
-    return list(out)  # type: ignore[arg-type]
-
-
-def run_step(ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
-    """Run ``step`` with the context's executor: yields ``(index, result, rows)`` as requests finish."""
-    return ctx.executor.map(ctx, step)
-
-
-async def stream_rows(backend: Backend, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows,
-                      checker: Callable[[], Any] = lambda: None) -> AsyncIterator[tuple[int, Result, Rows]]:
-    """A step on a given backend in this process (no run context): ``(index, result, rows)`` as requests finish."""
-    env = StepEnv(backend.model, checker)
-    async for i, res in backend.stream(requests):
-        yield i, res, await _rows(make_rows, env, items[i], res)
 
 
 # ----------------------------------------------------------------------------------------------------------- local
@@ -127,22 +52,11 @@ class LocalExecutor:
 
         return make_backend(cfg, cache_path)
 
-    async def map(self, ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
-        async for x in stream_rows(ctx.backend(step.role), step.requests, step.items, step.make_rows, ctx.checker):
-            yield x
-
     def close(self) -> None:
         pass
 
 
 # ----------------------------------------------------------------------------------------------------------- ray
-def model_name(cfg: BackendConfig) -> str:
-    """The ``model`` that :func:`evolkit.backends.make_backend` gives the backend of ``cfg`` (without building it)."""
-    if cfg.kind == "deterministic" and cfg.model == "smollm2-135m-instruct":
-        return "deterministic"
-    return cfg.model
-
-
 class _WorkerImpl:
     """The body of a Ray worker actor: backends by config, an answer checker, and the shard loop."""
 
@@ -155,8 +69,6 @@ class _WorkerImpl:
         be = self.backends.get(cfg_json)
         if be is None:
             from .backends import make_backend
-            from .config import BackendConfig
-
             be = self.backends[cfg_json] = make_backend(BackendConfig.model_validate_json(cfg_json), None)
         return be
 
@@ -176,7 +88,7 @@ class _WorkerImpl:
         async for i, res in be.stream(requests):
             # A row maker that raises ends the shard with its exception, which the driver raises (as a local run would).
             item = items[i] if items is not None else None
-            rows = None if make_rows is None else await _rows(make_rows, env, item, res)
+            rows = None if make_rows is None else await make_rows_of(make_rows, env, item, res)
             batch.append((i, res, rows))
             now = time.monotonic()
             if len(batch) >= batch_size or now - last >= batch_seconds:
@@ -256,43 +168,6 @@ class RayExecutor:
             be = CachedBackend(be, RequestCache(cache_path))
         return be
 
-    async def map(self, ctx: Any, step: Step) -> AsyncIterator[tuple[int, Result, Rows]]:
-        from .backends import CachedBackend
-
-        backend = ctx.backend(step.role)
-        inner = backend.inner if isinstance(backend, CachedBackend) else backend
-        if not isinstance(inner, RayBackend):  # pragma: no cover - a backend built elsewhere: run it here
-            async for x in LocalExecutor.map(LocalExecutor(), ctx, step):  # type: ignore[arg-type]
-                yield x
-            return
-        reqs = step.requests
-        misses = list(range(len(reqs)))
-        if isinstance(backend, CachedBackend):
-            # Cache hits are answered here (rows made on the driver), as CachedBackend would answer them.
-            env = StepEnv(backend.model, ctx.checker)
-            keys = [r.cache_key(backend.model) for r in reqs]
-            hits = backend.cache.get_many(keys)
-            misses = []
-            for i, key in enumerate(keys):
-                hit = hits.get(key)
-                if hit is None:
-                    misses.append(i)
-                    continue
-                backend.stats.add(hit)
-                yield i, hit, await _rows(step.make_rows, env, step.items[i], hit)
-        if not misses:
-            return
-        async for j, res, rows in inner.stream_rows([reqs[i] for i in misses], [step.items[i] for i in misses],
-                                                    step.make_rows):
-            i = misses[j]
-            if isinstance(backend, CachedBackend):
-                if res.ok:
-                    backend.cache.put(keys[i], res)
-                backend.stats.add(res)
-            if rows is None:  # the worker died before making them: make them here from the failed result
-                rows = await _rows(step.make_rows, StepEnv(inner.model, ctx.checker), step.items[i], res)
-            yield i, res, rows
-
     def close(self) -> None:
         if not self._actors:
             return
@@ -318,19 +193,29 @@ class RayBackend(Backend):
     ``cfg``. :meth:`stream` is the plain Backend interface (rows, if any, are made by the caller);
     :meth:`stream_rows` also makes each request's rows in the worker."""
 
+    #: Rows are made where the requests run (see CachedBackend.stream_rows).
+    makes_rows = True
+
     def __init__(self, cfg: BackendConfig, executor: RayExecutor):
         super().__init__()
         self.cfg = cfg
         self.executor = executor
-        self.model = model_name(cfg)
+        self.model = cfg.model
         self._cfg_json = cfg.model_dump_json()
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
-        async for i, res, _ in self.stream_rows(requests, None, None):
+        async for i, res, _ in self._stream(requests, None, None):
             yield i, res
 
-    async def stream_rows(self, requests: Sequence[Request], items: Sequence[Any] | None, make_rows: MakeRows | None
-                          ) -> AsyncIterator[tuple[int, Result, Rows | None]]:
+    async def stream_rows(self, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows,  # type: ignore[override]
+                          env: StepEnv, concurrency: int = 64) -> AsyncIterator[tuple[int, Result, Rows]]:
+        async for i, res, rows in self._stream(requests, items, make_rows):
+            if rows is None:  # the worker died before making them: make them here from the failed result
+                rows = await make_rows_of(make_rows, env, items[i], res)
+            yield i, res, rows
+
+    async def _stream(self, requests: Sequence[Request], items: Sequence[Any] | None, make_rows: MakeRows | None
+                      ) -> AsyncIterator[tuple[int, Result, Rows | None]]:
         n = len(requests)
         if n == 0:
             return

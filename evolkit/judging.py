@@ -12,7 +12,6 @@ import json
 import re
 from typing import Any
 
-from .backends import Sampling
 
 
 class JudgeParseError(ValueError):
@@ -80,14 +79,9 @@ def norm_id(value: Any) -> str:
     return s.strip().strip("[]()").upper()
 
 
-def make_sampling(ctx: Any, overrides: dict[str, Any], n: int = 1) -> Sampling:
-    """The run's sampling settings with a stage's overrides (e.g. temperature 0 for judges)."""
-    base = ctx.config.sampling.model_dump()
-    base.update(overrides or {})
-    return Sampling(
-        temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
-        stop=tuple(base.get("stop") or ()), seed=base.get("seed"),
-    )
+def to_bool(label3: str, neutral_as: str = "correct") -> bool:
+    """A 3-way step label (correct / incorrect / neutral) as the boolean PRM label; neutral counts as ``neutral_as``."""
+    return label3 == "correct" or (label3 == "neutral" and neutral_as == "correct")
 
 
 _STEP_MARK = re.compile(r"^\s*(?:\*\*|#+\s*)?step\s*\d+\s*[:.)]\s*(?:\*\*)?\s*", re.I)

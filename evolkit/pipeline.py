@@ -1,30 +1,83 @@
 """Runs the stages a config names, in order, through the run store.
 
-Each stage is a module of :mod:`evolkit.stages` with ``Config`` and ``run(ctx) -> summary``. A stage that the manifest
-marks done is skipped (``--force`` re-runs it); a stage that was killed resumes from its shards.
+Each stage is a module of :mod:`evolkit.stages` with ``Config`` and ``run(ctx) -> summary``, written against
+:class:`evolkit.types.StageContext`, which :class:`Context` implements. Every model call of a stage goes through ONE
+helper, :meth:`Context.generate`: resume from the store (an item is done only when all its rows are durable), the
+request cache, the executor (this process or Ray workers), durable group records, failure accounting and read-back.
+
+A stage that the manifest marks done is skipped (``--force`` re-runs it); a stage that was killed resumes from its
+shards. A resumed run also re-runs finished stages that have failed items (only those items are sent again) and every
+stage after them. A run folder is bound to its config: resuming with settings that change what the data means is an
+error (see :func:`evolkit.config.data_differences`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import importlib
 import logging
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .backends import Backend, make_backend  # noqa: F401  (make_backend: kept importable from here)
-from .config import BackendConfig, RunConfig
+from . import prompts
+from .backends import Backend
+from .backends.base import LazyRequests, Result, Sampling, Subseq
+from .config import RunConfig, data_differences
+from .errors import ConfigError, EvolkitError
+from .progress import Progress
 from .records import Problem
-from .store import RunStore
+from .settings import register_secret_envs
+from .store import GroupReader, RunStore
+from .types import BackendConfig, Step, StepEnv
 
 log = logging.getLogger("evolkit")
+
+#: Pipeline order of the stages (seeds first).
+ORDER = ("seeds", "sft", "evolve", "irm", "prm")
+
+
+class StageFailed(EvolkitError):
+    """A stage whose requests failed (all of them, a configured share, or an authentication error): it is not marked
+    done, the run exits non-zero, and ``--resume`` sends the failed items again."""
+
+
+_AUTH_MARKERS = ("401", "403", "AuthenticationError", "PermissionDeniedError", "invalid api key", "Incorrect API key",
+                 "Unauthorized", "Forbidden")
+
+
+def is_auth_error(res: Result) -> bool:
+    err = res.error or ""
+    return any(m in err for m in _AUTH_MARKERS) and ("status" in err.lower() or "Error" in err or "401" in err)
+
+
+@dataclass
+class RequestCounts:
+    requests: int = 0
+    failed: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    example: str | None = None
+
+    def add(self, res: Result) -> None:
+        self.requests += 1
+        if not res.ok:
+            self.failed += 1
+            kind = (res.error or "error").split(":")[0][:60]
+            self.errors[kind] = self.errors.get(kind, 0) + 1
+            if self.example is None:
+                self.example = (res.error or "")[:300]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"requests": self.requests, "failed": self.failed, "errors": dict(self.errors)}
 
 
 @dataclass
 class Context:
-    """What a stage gets: the config, the store, backends (each wrapped in the run's request cache) and the checker."""
+    """What a stage gets: the config, the store, backends (each wrapped in the run's request cache), the answer
+    checker and :meth:`generate`."""
 
     config: RunConfig
     store: RunStore
@@ -33,19 +86,32 @@ class Context:
     _backend_cfgs: dict[str, BackendConfig] = field(default_factory=dict)
     _checker: Any = None
     _executor: Any = None
+    #: Requests and failures per stage in this session.
+    counts: dict[str, RequestCounts] = field(default_factory=dict)
 
     @classmethod
-    def open(cls, config: RunConfig, run_dir: str | Path | None = None, show_progress: bool = True) -> Context:
+    def open(cls, config: RunConfig, run_dir: str | Path | None = None, show_progress: bool = True,
+             save_config: bool = False) -> Context:
+        """The context of the run folder (made if new). The folder keeps the config it was made with; ``save_config``
+        replaces it (a run redone with --force)."""
+        register_secret_envs(config.secret_envs())
         store = RunStore(run_dir or config.run_dir)
-        store.save_config(config.public_dict())
+        if save_config or not store.manifest_path.exists() or not (store.root / "config.yaml").exists():
+            store.save_config(config.public_dict())
         return cls(config, store, show_progress)
 
+    # -- backends ------------------------------------------------------------------------------------------------
     def backend_config(self, role: str = "main") -> BackendConfig:
         c = self.config
         if role == "judge" and c.judge_backend is not None:
             return c.judge_backend
         if role == "evolver2" and c.evolver_backend is not None:
             return c.evolver_backend
+        if role == "policy":
+            if c.policy_backend is None:
+                raise ConfigError("policy_backend: not set (the PRM source 'policy' samples the model being trained: "
+                                  "give it as policy_backend: {kind: transformers, model: out/sft} or an endpoint)")
+            return c.policy_backend
         return c.backend
 
     @property
@@ -74,11 +140,77 @@ class Context:
             self._checker = AnswerChecker()
         return self._checker
 
+    def sampling(self, *overrides: dict[str, Any] | None, n: int = 1) -> Sampling:
+        """The run's sampling settings with stage overrides applied in order (e.g. temperature 0 for judges)."""
+        base = self.config.sampling.model_dump()
+        for o in overrides:
+            base.update(o or {})
+        return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
+                        stop=tuple(base.get("stop") or ()), seed=base.get("seed"))
+
     def seeds(self) -> list[Problem]:
         if not self.store.is_done("seeds"):
             run_seeds(self)
-        return [Problem.model_validate(r) for r in self.store.load("seeds", "problems")]
+        return [Problem.model_validate(r) for r in self.store.iter_output("seeds", "problems")]
 
+    # -- the one generation helper ----------------------------------------------------------------------------------
+    async def generate(self, stage: str, name: str, step: Step) -> GroupReader:
+        """Run ``step`` for the items without durable rows; return a reader of every item's rows by key.
+
+        Items whose latest record in ``stage/name`` is a success are not sent again (failed ones are). Requests are
+        built lazily as the backend takes them; each item's rows go to the shard as ONE record when its result has
+        been turned into rows, and the result itself was stored in the request cache the moment it arrived. An
+        authentication error ends the step at once (:class:`StageFailed`)."""
+        store = self.store
+        reader = store.groups(stage, name)
+        seen: set[str] = set()
+        todo = array("q")
+        for i, item in enumerate(step.items):
+            k = step.key(item)
+            ks = k if isinstance(k, str) else repr(k)
+            if ks in seen:
+                continue
+            seen.add(ks)
+            if not reader.ok(k):
+                todo.append(i)
+        del seen
+        counts = self.counts.setdefault(stage, RequestCounts())
+        if not todo:
+            return reader
+        items = Subseq(step.items, todo)
+        requests = LazyRequests(items, step.request)
+        requests[0]  # build one request now: the prompt files it reads are recorded before anything is sent
+        self.save_prompt_lock()
+        backend = self.backend(step.role)
+        env = StepEnv(backend.model, self.checker)
+        desc = step.desc or f"{stage}: {name}"
+        with store.writer(stage, name) as w, Progress(len(todo), desc, enabled=self.show_progress) as bar:
+            stream = backend.stream_rows(requests, items, step.make_rows, env)
+            try:
+                async for j, res, rows in stream:
+                    k = step.key(items[j])
+                    offset = w.write_group(k, res.ok, rows)
+                    reader.add(w.path, k, offset, res.ok)
+                    counts.add(res)
+                    bar.update(1, failed=int(not res.ok))
+                    if not res.ok and is_auth_error(res):
+                        raise StageFailed(
+                            f"{stage}: the {step.role} backend ({backend.model}) refused the request: "
+                            f"{scrub_text(res.error)}. Check the API key variable "
+                            f"({self.backend_config(step.role).api_key_env}) and the endpoint, then run again "
+                            f"with --resume.")
+            finally:
+                await stream.aclose()
+        return reader
+
+    def save_prompt_lock(self) -> None:
+        """Record the prompt files read so far with their hashes (a resumed run checks them)."""
+        loaded = prompts.loaded_files()
+        known = self.store.manifest().get("prompts", {})
+        if any(known.get(k) != v for k, v in loaded.items()):
+            self.store.update_manifest(prompts={**known, **loaded})
+
+    # -- lifecycle ---------------------------------------------------------------------------------------------------
     def close(self) -> None:
         for be in self._backends.values():
             try:
@@ -101,6 +233,12 @@ class Context:
         self.close()
 
 
+def scrub_text(text: str | None) -> str:
+    from .store import scrub
+
+    return scrub(text or "")
+
+
 def run_seeds(ctx: Context) -> dict[str, Any]:
     from .seeds import load_seeds
 
@@ -110,41 +248,104 @@ def run_seeds(ctx: Context) -> dict[str, Any]:
     for p in problems:
         by_source[p.source] = by_source.get(p.source, 0) + 1
     summary = {"problems": len(problems), "by_source": by_source}
-    ctx.store.finish("seeds", {"problems": [p.row() for p in problems]}, summary, started=t0)
+    ctx.store.finish("seeds", {"problems": (p.row() for p in problems)}, summary, started=t0)
     return summary
 
 
-def run_stage(ctx: Context, name: str, force: bool = False) -> dict[str, Any]:
+def check_resume(config: RunConfig, store: RunStore) -> None:
+    """Refuse to continue a run whose data would mean something else under ``config``: settings that change the data
+    (seeds, sizes, k, sampling, prompts, models) must equal the run's; prompt files read so far must be unchanged."""
+    saved = store.load_config()
+    if not saved:
+        return
+    diffs = data_differences(saved, config.public_dict())
+    changed = []
+    for path, digest in (store.manifest().get("prompts") or {}).items():
+        p = Path(path)
+        now = hashlib.sha256(p.read_bytes()).hexdigest() if p.exists() else "(missing)"
+        if now != digest:
+            changed.append(f"prompt file {path}: changed since the run read it")
+    if diffs or changed:
+        lines = "\n  ".join(diffs + changed)
+        raise ConfigError(
+            f"{store.root}: the run was made with other settings; resuming would mix data made two ways:\n  {lines}\n"
+            f"Use the run's own settings (evolkit run -o {store.root} --resume, without a config), redo it with "
+            f"--force, or start a new run folder (-o).")
+
+
+def run_stage(ctx: Context, name: str) -> dict[str, Any]:
+    store = ctx.store
     if name == "seeds":
-        return run_seeds(ctx) if force or not ctx.store.is_done("seeds") else ctx.store.stage_info("seeds")["summary"]
-    if ctx.store.is_done(name) and not force:
+        if not store.is_done("seeds"):
+            return run_seeds(ctx)
+        return store.stage_info("seeds")["summary"]
+    if store.is_done(name):
         log.info("stage %s already done; skipping (use --force to re-run)", name)
-        return ctx.store.stage_info(name).get("summary", {})
-    if force:
-        ctx.store.invalidate(name)
+        return store.stage_info(name).get("summary", {})
     mod = importlib.import_module(f"evolkit.stages.{name}")
     t0 = time.time()
-    summary = mod.run(ctx)
-    info = ctx.store.stage_info(name)
-    if info.get("status") != "done":  # the stage may have called finish itself
+    counts = ctx.counts[name] = RequestCounts()
+    try:
+        summary = dict(mod.run(ctx) or {})
+    except StageFailed as e:
+        store.set_status(name, "failed", reason=str(e), requests=counts.as_dict())
+        raise
+    info = store.stage_info(name)
+    if info.get("status") != "done":
         raise RuntimeError(f"stage {name} returned without finishing its outputs")
-    summary = dict(summary or {})
     summary.setdefault("seconds", round(time.time() - t0, 2))
+    failed_items = summary_failed(summary, counts)
+    share = counts.failed / counts.requests if counts.requests else 0.0
+    store.set_status(name, "done", requests=counts.as_dict(), failed_items=failed_items)
+    if counts.requests and share >= ctx.config.max_failed_share:
+        msg = (f"{name}: {counts.failed} of {counts.requests} requests failed "
+               f"({', '.join(f'{k} x{v}' for k, v in counts.errors.items())}); e.g. {scrub_text(counts.example)}. "
+               f"Check the backend (endpoint, model name, key), then run again with --resume: only the failed items "
+               f"are sent again.")
+        store.set_status(name, "failed", reason=msg, requests=counts.as_dict())
+        raise StageFailed(msg)
     return summary
+
+
+def summary_failed(summary: dict[str, Any], counts: RequestCounts) -> int:
+    """Items of a finished stage whose requests failed for good (a resumed run sends them again)."""
+    return int(summary.get("failed_items", counts.failed))
+
+
+def stages_to_run(config: RunConfig, store: RunStore, stages: list[str] | None, retry_failed: bool) -> list[str]:
+    names = sorted(stages or list(config.stages), key=ORDER.index)
+    if not retry_failed:
+        return names
+    # A finished stage with failed items runs again (its done items come from the shards), and so does every stage
+    # after it: their inputs change.
+    for i, name in enumerate(names):
+        info = store.stage_info(name)
+        if info.get("status") == "done" and info.get("failed_items"):
+            log.info("stage %s finished with %d failed items: sending them again", name, info["failed_items"])
+            for later in names[i:]:
+                store.invalidate(later)
+            break
+    return names
 
 
 def run_all(config: RunConfig, run_dir: str | Path | None = None, force: bool = False, stages: list[str] | None = None,
-            show_progress: bool = True) -> dict[str, Any]:
+            show_progress: bool = True, retry_failed: bool = True) -> dict[str, Any]:
     """Run the config's stages (or the ones named) and return {stage: summary}."""
     results: dict[str, Any] = {}
-    with Context.open(config, run_dir, show_progress) as ctx:
-        results["seeds"] = run_stage(ctx, "seeds", force=False)
-        from .stages import STAGE_CONFIGS
+    with Context.open(config, run_dir, show_progress, save_config=force) as ctx:
+        names = stages_to_run(config, ctx.store, stages, retry_failed and not force)
+        if force:
+            from .backends import RequestCache
 
-        order = list(STAGE_CONFIGS)
-        # Data flows one way: stages always run in pipeline order, whatever order the YAML lists them in.
-        for name in sorted(stages or list(config.stages), key=order.index):
-            results[name] = run_stage(ctx, name, force=force)
+            RequestCache(ctx.store.cache_path).close()  # a damaged cache fails here, before anything is forgotten
+            # The stages named are redone from nothing with this config, and so is every stage after them.
+            first = min((ORDER.index(n) for n in names), default=len(ORDER))
+            for later in ORDER[first:]:
+                ctx.store.invalidate(later, clear_shards=True)
+            ctx.store.invalidate("seeds")
+        results["seeds"] = run_stage(ctx, "seeds")
+        for name in names:
+            results[name] = run_stage(ctx, name)
         results["_run_dir"] = str(ctx.store.root)
         results["_backend"] = {k: be.stats.__dict__ for k, be in ctx._backends.items()}
     return results

@@ -10,8 +10,10 @@ RUN_DIR/
   <stage>/*.png, summary.json       plots and figures of the stage
 ```
 
-Resume: a stage lists the keys it already has (:meth:`RunStore.done_keys`) and only does the rest; a torn last line left
-by a SIGKILL is ignored. The final Parquet is sorted by a stage-given key, so a resumed run equals an uninterrupted one.
+Resume: a generation step writes each item's rows as ONE line (a *group record*: key, ok, rows), so an item is either
+wholly durable or not at all, whatever k is; :class:`GroupReader` indexes the records by key (the latest one wins, a
+torn last line left by a SIGKILL is ignored and its item redone). Stage outputs are written to Parquet in row groups
+(:class:`ParquetSink`) in a deterministic order, so a resumed run equals an uninterrupted one and memory stays flat.
 """
 
 from __future__ import annotations
@@ -21,12 +23,13 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from .errors import DataError
 from .settings import secret_values
 
 SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password)$", re.I)
@@ -120,7 +123,8 @@ class ShardWriter:
 
     def __init__(self, path: Path, fsync_every: int = 64, secrets: list[str] | None = None):
         self.path = path
-        self._f = open(path, "a", encoding="utf-8")
+        self._f = open(path, "ab")
+        self._pos = self._f.tell()
         self._n = 0
         self.fsync_every = fsync_every
         self._secrets = secret_values() if secrets is None else secrets
@@ -138,14 +142,23 @@ class ShardWriter:
                 line = json.dumps(scrub(row, self._secrets), ensure_ascii=False)
         return line
 
-    def write(self, row: dict[str, Any]) -> None:
-        self._f.write(self._line(row) + "\n")
+    def write(self, row: dict[str, Any]) -> int:
+        """Append one record; returns its byte offset in the shard."""
+        line = (self._line(row) + "\n").encode("utf-8")
+        offset = self._pos
+        self._f.write(line)
         self._f.flush()
+        self._pos += len(line)
         self._n += 1
         if self._n % self.fsync_every == 0:
             if self._syncer is None:
                 self._syncer = _Syncer(self._f.fileno())
             self._syncer.request()
+        return offset
+
+    def write_group(self, key: Hashable, ok: bool, rows: list[dict[str, Any]]) -> int:
+        """Append every row of one item as one record (see :class:`GroupReader`); returns its byte offset."""
+        return self.write({"key": key, "ok": bool(ok), "rows": rows})
 
     def close(self) -> None:
         if not self._f.closed:
@@ -164,9 +177,10 @@ class ShardWriter:
 
 
 class RunStore:
-    def __init__(self, root: str | os.PathLike[str]):
+    def __init__(self, root: str | os.PathLike[str], create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
 
     # -- config and manifest ---------------------------------------------------------------------------------------
     @property
@@ -178,16 +192,43 @@ class RunStore:
 
     def load_config(self) -> dict[str, Any]:
         p = self.root / "config.yaml"
-        return yaml.safe_load(p.read_text()) if p.exists() else {}
+        if not p.exists():
+            return {}
+        try:
+            data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise DataError(f"{p}: not a valid run config ({e})") from None
+        if not isinstance(data, dict):
+            raise DataError(f"{p}: not a valid run config (not a mapping)")
+        return data
+
+    def update_manifest(self, **fields: Any) -> None:
+        """Set top-level manifest fields (e.g. the prompt files a run has read)."""
+        m = self.manifest()
+        m.update(scrub(fields))
+        _atomic_write(self.manifest_path, json.dumps(m, indent=2, ensure_ascii=False))
+
+    def set_status(self, stage: str, status: str, **fields: Any) -> None:
+        """Record a stage that did not finish (e.g. ``failed``, with a reason): it is not done, so it runs again."""
+        info = dict(self.stage_info(stage))
+        info.update(fields, status=status)
+        self._set_stage(stage, info)
 
     @property
     def manifest_path(self) -> Path:
         return self.root / "manifest.json"
 
     def manifest(self) -> dict[str, Any]:
-        if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
-        return {"stages": {}}
+        if not self.manifest_path.exists():
+            return {"stages": {}}
+        try:
+            m = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(f"{self.manifest_path}: not a valid run manifest ({e}); start a new run folder, or delete "
+                            f"the file to redo every stage from the shards and the request cache") from None
+        if not isinstance(m, dict) or not isinstance(m.get("stages"), dict):
+            raise DataError(f"{self.manifest_path}: not a valid run manifest (no 'stages' mapping)")
+        return m
 
     def is_done(self, stage: str) -> bool:
         return self.manifest()["stages"].get(stage, {}).get("status") == "done"
@@ -200,11 +241,15 @@ class RunStore:
         m["stages"][stage] = scrub(info)
         _atomic_write(self.manifest_path, json.dumps(m, indent=2, ensure_ascii=False))
 
-    def invalidate(self, stage: str) -> None:
-        """Forget that a stage finished (its shards stay: a re-run resumes from them)."""
+    def invalidate(self, stage: str, clear_shards: bool = False) -> None:
+        """Forget that a stage finished. Its shards stay (a re-run resumes from them) unless ``clear_shards``: a stage
+        redone with other settings starts from nothing (the request cache still answers identical requests)."""
         m = self.manifest()
         if m["stages"].pop(stage, None) is not None:
             _atomic_write(self.manifest_path, json.dumps(m, indent=2, ensure_ascii=False))
+        if clear_shards and (self.root / stage).is_dir():
+            for shard in (self.root / stage).glob("*.shard-*.jsonl"):
+                shard.unlink()
 
     # -- records ---------------------------------------------------------------------------------------------------
     def stage_dir(self, stage: str) -> Path:
@@ -224,29 +269,39 @@ class RunStore:
     def iter_partial(self, stage: str, name: str) -> Iterator[dict[str, Any]]:
         """Rows appended so far (all shards in order). A torn last line (killed mid-write) is skipped."""
         for shard in self._shards(stage, name):
-            with open(shard, encoding="utf-8") as f:
-                for line in f:
-                    if not line.endswith("\n"):
+            with open(shard, "rb") as f:
+                for n, line in enumerate(f, 1):
+                    if not line.endswith(b"\n"):
                         break  # torn write at the end of a killed session
-                    yield json.loads(line)
+                    yield _parse_line(line, shard, n)
 
-    def done_keys(self, stage: str, name: str, key: str | Callable[[dict[str, Any]], Any] = "id") -> set[Any]:
-        get = key if callable(key) else (lambda r: r[key])
-        return {get(r) for r in self.iter_partial(stage, name)}
+    def groups(self, stage: str, name: str) -> GroupReader:
+        """The group records of ``stage/name`` written so far, by key."""
+        return GroupReader(self._shards(stage, name))
+
+    def sink(self, stage: str, name: str, row_group_size: int = 2000) -> ParquetSink:
+        """A streaming Parquet writer for the output ``stage/name`` (pass it to :meth:`finish` once written)."""
+        return ParquetSink(self.stage_dir(stage) / f"{name}.parquet", row_group_size=row_group_size)
 
     def finish(
         self,
         stage: str,
-        outputs: dict[str, list[dict[str, Any]]],
+        outputs: dict[str, Iterable[dict[str, Any]] | ParquetSink],
         summary: dict[str, Any] | None = None,
         started: float | None = None,
+        **fields: Any,
     ) -> None:
-        """Write each output as Parquet (and JSONL for eyes and diffs), then mark the stage done in the manifest."""
+        """Write each output as Parquet (rows, or a :class:`ParquetSink` already written), then mark the stage done."""
         files = {}
         for name, rows in outputs.items():
-            path = self.stage_dir(stage) / f"{name}.parquet"
-            write_parquet(path, rows)
-            files[name] = {"path": str(path.relative_to(self.root)), "rows": len(rows)}
+            if isinstance(rows, ParquetSink):
+                sink = rows
+            else:
+                sink = self.sink(stage, name)
+                for r in rows:
+                    sink.write(r)
+            sink.close()
+            files[name] = {"path": str(sink.path.relative_to(self.root)), "rows": sink.rows}
         info = {
             "status": "done",
             "outputs": files,
@@ -255,6 +310,7 @@ class RunStore:
         }
         if started is not None:
             info["seconds"] = round(time.time() - started, 2)
+        info.update(fields)
         if summary is not None:
             _atomic_write(self.stage_dir(stage) / "summary.json", json.dumps(scrub(summary), indent=2, ensure_ascii=False))
         self._set_stage(stage, info)
@@ -263,10 +319,14 @@ class RunStore:
         return (self.root / stage / f"{name}.parquet").exists()
 
     def load(self, stage: str, name: str) -> list[dict[str, Any]]:
+        return list(self.iter_output(stage, name))
+
+    def iter_output(self, stage: str, name: str, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """The rows of a finished output, read batch by batch."""
         path = self.root / stage / f"{name}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: stage {stage!r} has no output {name!r} yet (run that stage first)")
-        return read_parquet(path)
+        return iter_parquet(path, batch_size)
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """All finished outputs: {stage: {name: parquet path}}."""
@@ -277,29 +337,214 @@ class RunStore:
         return res
 
 
-def write_parquet(path: Path, rows: list[dict[str, Any]]) -> None:
+def _parse_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
+    try:
+        row = json.loads(line)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}:{n}: not a JSON record ({e}): the shard is damaged; remove that line to redo its item, "
+                        f"or re-run the stage with --force") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{n}: not a JSON object: the shard is damaged")
+    return row
+
+
+def _key_str(key: Any) -> str:
+    return key if isinstance(key, str) else json.dumps(key, separators=(",", ":"))
+
+
+class GroupReader:
+    """The group records of one output (``{"key", "ok", "rows"}`` lines over its shards), indexed by key.
+
+    Only offsets are kept in memory; rows are read from disk when asked for. The latest record of a key wins (a failed
+    item retried later is replaced by its new record); a torn last line is ignored (its item is not done)."""
+
+    def __init__(self, shards: list[Path]):
+        self.shards = list(shards)
+        self._index: dict[str, tuple[int, int, bool]] = {}
+        self._files: dict[int, Any] = {}
+        for s_i, shard in enumerate(self.shards):
+            with open(shard, "rb") as f:
+                pos = 0
+                for n, line in enumerate(f, 1):
+                    if not line.endswith(b"\n"):
+                        break
+                    rec = _parse_line(line, shard, n)
+                    if "key" not in rec or not isinstance(rec.get("rows"), list):
+                        raise DataError(f"{shard}:{n}: not a group record (key, ok, rows): the shard is damaged or "
+                                        f"was written by another version of evolkit; re-run the stage with --force")
+                    self._index[_key_str(rec["key"])] = (s_i, pos, bool(rec.get("ok")))
+                    pos += len(line)
+
+    def add(self, shard: Path, key: Any, offset: int, ok: bool) -> None:
+        """Index a record just written (by :meth:`ShardWriter.write_group`)."""
+        try:
+            s_i = self.shards.index(shard)
+        except ValueError:
+            self.shards.append(shard)
+            s_i = len(self.shards) - 1
+        self._index[_key_str(key)] = (s_i, offset, bool(ok))
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: Any) -> bool:
+        return _key_str(key) in self._index
+
+    def ok(self, key: Any) -> bool:
+        """Whether the item's latest record is a success (a failed item is done again on resume)."""
+        e = self._index.get(_key_str(key))
+        return bool(e and e[2])
+
+    def failed(self) -> int:
+        return sum(not e[2] for e in self._index.values())
+
+    def get(self, key: Any) -> list[dict[str, Any]] | None:
+        """The rows of ``key`` (None when it has no record)."""
+        e = self._index.get(_key_str(key))
+        if e is None:
+            return None
+        s_i, offset, _ = e
+        f = self._files.get(s_i)
+        if f is None:
+            f = self._files[s_i] = open(self.shards[s_i], "rb")
+        f.seek(offset)
+        return _parse_line(f.readline(), self.shards[s_i], 0)["rows"]
+
+    def rows(self, keys: Iterable[Any]) -> Iterator[dict[str, Any]]:
+        """The rows of ``keys``, in that order (keys without a record are skipped)."""
+        for k in keys:
+            rows = self.get(k)
+            if rows:
+                yield from rows
+
+    def close(self) -> None:
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def __del__(self) -> None:  # pragma: no cover - best effort
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+def _scrub_row(row: dict[str, Any], needles: list[str], secrets: list[str]) -> dict[str, Any]:
+    """``row`` with secret values replaced (a cheap text check first: most rows hold none)."""
+    text = json.dumps(row, ensure_ascii=False, default=str)
+    if any(s in text for s in needles):
+        return scrub(row, secrets)
+    return row
+
+
+class ParquetSink:
+    """Writes rows to Parquet in row groups, so memory stays flat whatever the output's size.
+
+    Free-form dict columns are stored as JSON text (listed in the file's metadata and decoded on read). Each group is
+    written to a part file as it fills; :meth:`close` merges the parts into the final file under one schema (a column
+    that was all null in one group and typed in another is promoted) and moves it into place atomically. Secret
+    values are scrubbed from every row."""
+
+    def __init__(self, path: Path, row_group_size: int = 2000, secrets: list[str] | None = None):
+        self.path = Path(path)
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._buf: list[dict[str, Any]] = []
+        self._parts: list[Path] = []
+        self._json_cols: set[str] = set()
+        self._closed = False
+        self._secrets = secret_values() if secrets is None else secrets
+        needles = set(self._secrets)
+        needles.update(json.dumps(x, ensure_ascii=False)[1:-1] for x in self._secrets)
+        self._needles = sorted(needles)
+        for old in self.path.parent.glob(f"{self.path.name}.part-*"):
+            old.unlink()
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self._needles:
+            row = _scrub_row(row, self._needles, self._secrets)
+        self._buf.append(row)
+        self.rows += 1
+        if len(self._buf) >= self.row_group_size:
+            self._flush()
+
+    def write_many(self, rows: Iterable[dict[str, Any]]) -> None:
+        for r in rows:
+            self.write(r)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        rows, self._buf = self._buf, []
+        if not rows:
+            return
+        json_cols = {k for r in rows for k, v in r.items() if isinstance(v, dict)}
+        self._json_cols |= json_cols
+        if json_cols:
+            rows = [{k: (json.dumps(v, sort_keys=True) if k in json_cols and isinstance(v, dict) else v)
+                     for k, v in r.items()} for r in rows]
+        part = self.path.with_name(f"{self.path.name}.part-{len(self._parts):05d}")
+        pq.write_table(pa.Table.from_pylist(rows), part)
+        self._parts.append(part)
+
+    def close(self) -> None:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if self._closed:
+            return
+        self._flush()
+        self._closed = True
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        meta = {_JSON_COLS: json.dumps(sorted(self._json_cols)).encode()}
+        if not self._parts:
+            pq.write_table(pa.table({}).replace_schema_metadata(meta), tmp)
+        elif len(self._parts) == 1:
+            t = pq.read_table(self._parts[0])
+            pq.write_table(t.replace_schema_metadata(meta), tmp)
+        else:
+            schemas = [pq.read_schema(p) for p in self._parts]
+            try:
+                schema = pa.unify_schemas(schemas, promote_options="permissive")
+            except (pa.ArrowInvalid, pa.ArrowTypeError):
+                schema = None
+            names = schema.names if schema is not None else []
+            try:
+                if schema is None:
+                    raise pa.ArrowInvalid("no common schema")
+                with pq.ParquetWriter(tmp, schema.with_metadata(meta)) as w:
+                    for p in self._parts:
+                        t = pq.read_table(p)
+                        for c in names:
+                            if c not in t.column_names:
+                                t = t.append_column(c, pa.nulls(len(t), schema.field(c).type))
+                        w.write_table(t.select(names).cast(schema.with_metadata(meta)))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+                # Types that do not cast group by group: merge in memory (rare; only nested columns).
+                t = pa.concat_tables([pq.read_table(p) for p in self._parts], promote_options="permissive")
+                pq.write_table(t.replace_schema_metadata(meta), tmp)
+        os.replace(tmp, self.path)
+        for p in self._parts:
+            p.unlink(missing_ok=True)
+        self._parts = []
+
+    def __enter__(self) -> ParquetSink:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self.close()
+
+
+def write_parquet(path: Path, rows: Iterable[dict[str, Any]]) -> None:
     """Rows to Parquet. Free-form dict columns (e.g. sampling parameters) are stored as JSON text and decoded on read."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    json_cols = sorted({k for r in rows for k, v in r.items() if isinstance(v, dict)})
-    if json_cols:
-        rows = [{k: (json.dumps(v, sort_keys=True) if k in json_cols else v) for k, v in r.items()} for r in rows]
-    table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    meta = dict(table.schema.metadata or {})
-    meta[_JSON_COLS] = json.dumps(json_cols).encode()
-    table = table.replace_schema_metadata(meta)
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    sink = ParquetSink(path)
+    sink.write_many(rows)
+    sink.close()
 
 
-def read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
-
-    table = pq.read_table(path)
-    json_cols = json.loads((table.schema.metadata or {}).get(_JSON_COLS, b"[]"))
-    rows = table.to_pylist()
+def _decode(rows: list[dict[str, Any]], json_cols: list[str]) -> list[dict[str, Any]]:
     for r in rows:
         for c in json_cols:
             if r.get(c) is not None:
@@ -307,5 +552,19 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def sort_rows(rows: Iterable[dict[str, Any]], key: Callable[[dict[str, Any]], Any]) -> list[dict[str, Any]]:
-    return sorted(rows, key=key)
+def iter_parquet(path: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+    """The rows of a Parquet file written by evolkit, batch by batch."""
+    import pyarrow.parquet as pq
+
+    f = pq.ParquetFile(path)
+    json_cols = json.loads((f.schema_arrow.metadata or {}).get(_JSON_COLS, b"[]"))
+    for batch in f.iter_batches(batch_size=batch_size):
+        yield from _decode(batch.to_pylist(), json_cols)
+
+
+def read_parquet(path: Path) -> list[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    json_cols = json.loads((table.schema.metadata or {}).get(_JSON_COLS, b"[]"))
+    return _decode(table.to_pylist(), json_cols)

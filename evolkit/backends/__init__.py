@@ -9,7 +9,7 @@ from .base import Backend, Completion, Request, Result, Sampling
 from .cache import CachedBackend, RequestCache
 
 if TYPE_CHECKING:
-    from ..config import BackendConfig
+    from ..types import BackendConfig
 
 __all__ = ["Backend", "Completion", "Request", "Result", "Sampling", "CachedBackend", "RequestCache", "make_backend"]
 
@@ -40,15 +40,40 @@ def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Ba
         from .vllm import VLLMBackend
 
         be = VLLMBackend(cfg.model, **cfg.engine_kwargs)
-    elif kind == "deterministic":
-        from .deterministic import DeterministicBackend
-
-        be = DeterministicBackend(
-            "deterministic" if cfg.model == "smollm2-135m-instruct" else cfg.model, accuracy=cfg.accuracy,
-            delay=cfg.delay_s,
-        )
+    elif kind == "custom":
+        be = _custom_backend(cfg)
     else:  # pragma: no cover - the config validates kind
         raise ValueError(f"unknown backend kind {kind!r}")
     if cache_path is not None and cfg.cache:
         be = CachedBackend(be, RequestCache(cache_path))
+    return be
+
+
+def _custom_backend(cfg: BackendConfig) -> Backend:
+    """``kind: custom``: ``factory: "package.module:callable"`` called as ``callable(model=..., **options)``."""
+    import importlib
+
+    from ..errors import ConfigError
+
+    spec = cfg.factory or ""
+    mod_name, _, attr = spec.partition(":")
+    if not mod_name or not attr:
+        raise ConfigError(f"backend.factory: {spec!r} is not 'package.module:callable'")
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise ConfigError(f"backend.factory: cannot import {mod_name!r}: {e}") from None
+    fn = mod
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ConfigError(f"backend.factory: {mod_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise ConfigError(f"backend.factory: {spec!r} is not callable")
+    try:
+        be = fn(model=cfg.model, **cfg.options)
+    except TypeError as e:
+        raise ConfigError(f"backend.options: {spec} does not accept these options: {e}") from None
+    if not isinstance(be, Backend):
+        raise ConfigError(f"backend.factory: {spec} returned {type(be).__name__}, not an evolkit Backend")
     return be

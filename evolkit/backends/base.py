@@ -10,10 +10,13 @@ from __future__ import annotations
 import abc
 import asyncio
 import hashlib
+import inspect
 import json
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+from ..types import MakeRows, Rows, StepEnv
 
 Messages = list[dict[str, str]]
 
@@ -136,6 +139,12 @@ class Backend(abc.ABC):
         """Synchronous helper (not for use inside a running event loop)."""
         return asyncio.run(self.generate(list(requests)))
 
+    def stream_rows(self, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows, env: StepEnv,
+                    concurrency: int = 64) -> AsyncIterator[tuple[int, Result, Rows]]:
+        """Stream ``requests`` and make each result's rows with ``make_rows(env, items[i], result)``: yields
+        ``(index, result, rows)`` as rows are made (see :func:`process_rows`)."""
+        return process_rows(self.stream(requests), items, make_rows, env, concurrency)
+
     def describe(self) -> dict[str, Any]:
         """What goes into records and cards about this backend (never secrets)."""
         return {"backend": type(self).__name__, "model": self.model}
@@ -156,3 +165,91 @@ def chunked(items: Iterable[Any], size: int) -> Iterable[list[Any]]:
             buf = []
     if buf:
         yield buf
+
+
+# ------------------------------------------------------------------------------------------- rows from results
+class Subseq(Sequence):  # type: ignore[type-arg]
+    """``seq[idx[0]], seq[idx[1]], ...`` without copying: items (and lazily built requests) are fetched when asked."""
+
+    def __init__(self, seq: Sequence[Any], idx: Sequence[int]):
+        self.seq = seq
+        self.idx = idx
+
+    def __len__(self) -> int:
+        return len(self.idx)
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return [self.seq[self.idx[k]] for k in range(*j.indices(len(self.idx)))]
+        return self.seq[self.idx[j]]
+
+
+class LazyRequests(Sequence):  # type: ignore[type-arg]
+    """The requests of ``items``, each built by ``build(item)`` only when a backend asks for it (memory stays flat
+    however many items a step has)."""
+
+    def __init__(self, items: Sequence[Any], build: Callable[[Any], Request]):
+        self.items = items
+        self.build = build
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.build(x) for x in self.items[i]]
+        return self.build(self.items[i])
+
+
+async def make_rows_of(make_rows: MakeRows, env: StepEnv, item: Any, res: Result) -> Rows:
+    out = make_rows(env, item, res)
+    if inspect.isawaitable(out):
+        out = await out
+    return list(out)  # type: ignore[arg-type]
+
+
+async def process_rows(source: AsyncIterator[tuple[int, Result]], items: Sequence[Any], make_rows: MakeRows,
+                       env: StepEnv, concurrency: int = 64) -> AsyncIterator[tuple[int, Result, Rows]]:
+    """Make the rows of each result of ``source`` (``(index, result)`` pairs) with up to ``concurrency`` row makers
+    at a time (answer checking runs in a process pool: several checks in flight keep it busy). Yields
+    ``(index, result, rows)`` as each is made; a row maker that raises ends the stream with its exception."""
+    out: asyncio.Queue[Any] = asyncio.Queue()
+    sem = asyncio.Semaphore(concurrency)
+    tasks: set[asyncio.Task[None]] = set()
+    end = object()
+
+    async def one(i: int, res: Result) -> None:
+        try:
+            out.put_nowait((i, res, await make_rows_of(make_rows, env, items[i], res)))
+        except BaseException as e:  # noqa: BLE001 - raised to the consumer
+            out.put_nowait(e)
+        finally:
+            sem.release()
+
+    async def feed() -> None:
+        try:
+            async for i, res in source:
+                await sem.acquire()
+                t = asyncio.create_task(one(i, res))
+                tasks.add(t)
+                t.add_done_callback(tasks.discard)
+            while tasks:
+                await asyncio.gather(*list(tasks), return_exceptions=True)
+            out.put_nowait(end)
+        except BaseException as e:  # noqa: BLE001
+            out.put_nowait(e)
+
+    feeder = asyncio.create_task(feed())
+    try:
+        while True:
+            x = await out.get()
+            if x is end:
+                return
+            if isinstance(x, BaseException):
+                raise x
+            yield x
+    finally:
+        feeder.cancel()
+        for t in list(tasks):
+            t.cancel()
+        await asyncio.gather(feeder, *tasks, return_exceptions=True)

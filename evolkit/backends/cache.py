@@ -8,14 +8,18 @@ in what it stores (a model or a proxy may repeat a key it was shown).
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import sqlite3
 import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from ..settings import secret_values
-from .base import Backend, Completion, Request, Result
+from ..types import MakeRows, Rows, StepEnv
+from .base import Backend, Completion, Request, Result, Subseq, process_rows
 
 
 def _scrubbed(result: Result, secrets: list[str]) -> Result:
@@ -46,10 +50,17 @@ class RequestCache:
         self.flush_seconds = flush_seconds
         self._lock = threading.Lock()  # the reading connection
         self._secrets = secret_values()
-        self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        try:
+            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS results (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+            self._db.execute("SELECT key, value FROM results LIMIT 1").fetchall()
+        except sqlite3.Error as e:
+            from ..errors import DataError
+
+            raise DataError(f"{self.path}: not a usable request cache ({e}); move it away to start the cache afresh "
+                            f"(the stages' shards keep every result already written)") from None
         # Write-behind state: key -> JSON not yet committed; the writer thread and its connection start on first put.
         self._pending: dict[str, str] = {}
         self._cond = threading.Condition(threading.Lock())
@@ -170,33 +181,116 @@ class RequestCache:
 
 
 class CachedBackend(Backend):
-    """Wraps any backend: cached results come back at once, misses go to the inner backend and are stored."""
+    """Wraps any backend: cached results come back at once, misses go to the inner backend and are stored.
 
-    def __init__(self, inner: Backend, cache: RequestCache):
+    The inner backend's results are stored the moment they arrive, whatever the caller is doing meanwhile (a pump
+    task drains the inner stream), so a result is durable before any slow post-processing (answer checking) and a
+    killed run re-sends at most the requests that were in flight. Results the caller has not taken yet are kept in
+    memory up to ``buffer`` of them; beyond that only their index is kept and the result is read back from the cache
+    when its turn comes, so memory stays flat when the caller is slower than the model."""
+
+    def __init__(self, inner: Backend, cache: RequestCache, buffer: int = 1024):
         super().__init__()
         self.inner = inner
         self.cache = cache
         self.model = inner.model
+        self.buffer = buffer
+
+    def _hits(self, requests: Sequence[Request], chunk: int = 512) -> tuple[list[tuple[int, Result]], list[int]]:
+        """Cache lookups in chunks: (index, hit) pairs and the indices of the misses."""
+        hits: list[tuple[int, Result]] = []
+        misses: list[int] = []
+        for start in range(0, len(requests), chunk):
+            idx = range(start, min(start + chunk, len(requests)))
+            keys = [requests[i].cache_key(self.model) for i in idx]
+            found = self.cache.get_many(keys)
+            for i, key in zip(idx, keys):
+                hit = found.get(key)
+                if hit is None:
+                    misses.append(i)
+                else:
+                    hits.append((i, hit))
+        return hits, misses
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
-        misses: list[int] = []
-        keys = [r.cache_key(self.model) for r in requests]
-        hits = self.cache.get_many(keys)
-        for i, key in enumerate(keys):
-            hit = hits.get(key)
-            if hit is not None:
-                self.stats.add(hit)
-                yield i, hit
-            else:
-                misses.append(i)
+        hits, misses = self._hits(requests)
+        for i, hit in hits:
+            self.stats.add(hit)
+            yield i, hit
+        del hits
         if not misses:
             return
-        async for j, res in self.inner.stream([requests[i] for i in misses]):
+        pending: collections.deque[tuple[int, Result | None]] = collections.deque()
+        arrived = asyncio.Event()
+        state: dict[str, Any] = {"done": False, "error": None}
+
+        async def pump() -> None:
+            try:
+                async for j, res in self.inner.stream(Subseq(requests, misses)):
+                    i = misses[j]
+                    if res.ok:
+                        self.cache.put(requests[i].cache_key(self.model), res)
+                    self.stats.add(res)
+                    # Beyond the buffer keep only the index: the result is in the cache (failed ones are not, and
+                    # are kept: they are small).
+                    pending.append((i, res if (len(pending) < self.buffer or not res.ok) else None))
+                    arrived.set()
+            except BaseException as e:  # noqa: BLE001 - raised to the caller
+                state["error"] = e
+            finally:
+                state["done"] = True
+                arrived.set()
+
+        task = asyncio.create_task(pump())
+        try:
+            while True:
+                if not pending:
+                    if state["done"]:
+                        break
+                    arrived.clear()
+                    await arrived.wait()
+                    continue
+                i, res = pending.popleft()
+                if res is None:
+                    res = self.cache.get(requests[i].cache_key(self.model))
+                    if res is None:  # pragma: no cover - the cache lost an entry it was given
+                        res = Result(error="the request cache lost this result")
+                yield i, res
+            if state["error"] is not None:
+                raise state["error"]
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    def stream_rows(self, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows, env: StepEnv,
+                    concurrency: int = 64) -> AsyncIterator[tuple[int, Result, Rows]]:
+        if getattr(self.inner, "makes_rows", False):
+            return self._remote_rows(requests, items, make_rows, env, concurrency)
+        return process_rows(self.stream(requests), items, make_rows, env, concurrency)
+
+    async def _remote_rows(self, requests: Sequence[Request], items: Sequence[Any], make_rows: MakeRows, env: StepEnv,
+                           concurrency: int) -> AsyncIterator[tuple[int, Result, Rows]]:
+        """An inner backend that makes rows where it runs (Ray workers): hits are answered here, misses go there with
+        the row maker, and their results are stored as they come back."""
+        hits, misses = self._hits(requests)
+
+        async def hit_stream() -> AsyncIterator[tuple[int, Result]]:
+            for i, hit in hits:
+                self.stats.add(hit)
+                yield i, hit
+
+        async for x in process_rows(hit_stream(), items, make_rows, env, concurrency):
+            yield x
+        del hits
+        if not misses:
+            return
+        async for j, res, rows in self.inner.stream_rows(Subseq(requests, misses), Subseq(items, misses), make_rows,
+                                                         env, concurrency):
             i = misses[j]
             if res.ok:
-                self.cache.put(keys[i], res)
+                self.cache.put(requests[i].cache_key(self.model), res)
             self.stats.add(res)
-            yield i, res
+            yield i, res, rows
 
     def describe(self) -> dict:
         return self.inner.describe()

@@ -7,6 +7,7 @@ exemplars in ``*.json``). A config overrides any of them by path, e.g. ``stages.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ PROMPT_DIR = Path(__file__).resolve().parent
 _ENV = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False, autoescape=False)
 
 
+@functools.lru_cache(maxsize=1024)
 def prompt_path(name_or_path: str) -> Path:
     p = Path(name_or_path).expanduser()
     if p.suffix and p.exists():
@@ -30,9 +32,26 @@ def prompt_path(name_or_path: str) -> Path:
     raise ConfigError(f"prompt {name_or_path!r}: no such file (neither a path nor one of {PROMPT_DIR}/*)")
 
 
+#: Every prompt file read in this process: resolved path -> sha256 of its bytes (a run records them, and a resumed run
+#: refuses prompt files that changed meanwhile).
+_LOADED: dict[str, str] = {}
+
+
+def loaded_files() -> dict[str, str]:
+    return dict(_LOADED)
+
+
 @functools.lru_cache(maxsize=256)
 def _read(path: str) -> str:
-    return Path(path).read_text(encoding="utf-8")
+    try:
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the prompt file ({e.strerror})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    _LOADED[str(Path(path).resolve())] = hashlib.sha256(data).hexdigest()
+    return text
 
 
 def load_text(name_or_path: str) -> str:

@@ -299,9 +299,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         rows = rows[: args.limit]
     run_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir
     with Context.open(cfg, run_dir, show_progress=not args.no_progress) as ctx:
-        from ..judging import make_sampling
 
-        report = prm.calibrate(ctx.backend("judge"), rows, prm_cfg, make_sampling(ctx, prm_cfg.judge_sampling),
+        report = prm.calibrate(ctx.backend("judge"), rows, prm_cfg, ctx.sampling(prm_cfg.judge_sampling),
                                neutral_as=args.neutral_as, show_progress=not args.no_progress)
         report["data"] = str(path)
         report["judge"] = ctx.backend("judge").model

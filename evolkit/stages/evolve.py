@@ -54,6 +54,7 @@ pseudo-gold), ``sft`` (the seed SFT data from the ``sft`` stage plus the evolved
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import math
@@ -68,11 +69,10 @@ from .. import filters, prompts
 from ..answers import extract_answer, majority_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError
-from ..executors import Step, run_step
-from ..progress import Progress
-from ..records import EvolExample, Problem, SFTExample
+from ..records import EvolExample, Problem
 from ..seeds import expand_path
-from . import sft as sft_stage
+from ..types import StageContext, Step, StepEnv
+import evolkit.stages.sft as sft_stage
 
 STAGE = "evolve"
 log = logging.getLogger("evolkit.evolve")
@@ -199,9 +199,14 @@ class Config(BaseModel):
     topup_tolerance: float = Field(0.02, ge=0, le=1)
     #: Upper bound on children requested per parent in one round (all passes together).
     max_children_per_parent: float = Field(8.0, gt=0)
+    #: An evolution cut off by the token limit is eliminated ("truncated"): its problem text is unfinished.
+    drop_truncated: bool = True
     #: Teacher samples per evolved problem (majority vote).
     k: int = Field(4, gt=0)
+    #: Share of the k samples (failed, truncated and answerless ones included) that must agree on the pseudo-gold.
     min_agreement: float = Field(0.5, ge=0, le=1)
+    #: A pseudo-gold needs at least this many agreeing answers (one answer agreeing with itself proves nothing).
+    min_agreeing: int = Field(2, ge=1)
     low_agreement: Literal["drop", "flag"] = "drop"
     #: Sampling of the answering teacher (merged over the sft stage's and the run's sampling).
     answer_sampling: dict[str, Any] = {}
@@ -216,6 +221,9 @@ class Config(BaseModel):
 
     @model_validator(mode="after")
     def _ops(self) -> Config:
+        if self.min_agreeing > self.k:
+            raise ValueError(f"min_agreeing ({self.min_agreeing}) is more than k ({self.k}): no evolved problem could "
+                             f"get a pseudo-gold; raise k or lower min_agreeing")
         merged: dict[str, OperationConfig] = {k: v.model_copy() for k, v in BUILTIN_OPERATIONS.items()}
         for name, op in self.operations.items():
             base = merged.get(name)
@@ -322,15 +330,12 @@ class RoundStats:
         d[key] = d.get(key, 0) + 1
 
 
-def evolution_rows(env: Any, item: tuple[str, int, int, str, str, int, str, dict[str, Any]], res: Any
-                   ) -> list[dict[str, Any]]:
-    """The row of one evolution request (a generation step's row maker, see :mod:`evolkit.executors`);
-    ``item`` = (child id, round, pass, parent id, operation, child index, backend role, sampling dict)."""
-    cid, r, pass_, parent_id, op, index, role, sampling = item
+def evolution_rows(env: StepEnv, child: Child, res: Any, sampling: dict[str, Any]) -> list[dict[str, Any]]:
+    """The row of one evolution request (a generation step's row maker)."""
     comp = res.completions[0] if res.ok and res.completions else None
     return [{
-        "id": cid, "round": r, "pass": pass_, "parent_id": parent_id, "operation": op,
-        "index": index, "role": role, "model": env.model,
+        "id": child.id, "round": child.round, "pass": child.pass_, "parent_id": child.parent.id,
+        "operation": child.op, "index": child.index, "role": child.role, "model": env.model,
         "sampling": dict(sampling),
         "text": comp.text if comp else None,
         "finish_reason": comp.finish_reason if comp else None,
@@ -338,14 +343,14 @@ def evolution_rows(env: Any, item: tuple[str, int, int, str, str, int, str, dict
     }]
 
 
-def check_rows(env: Any, child_id: str, res: Any) -> list[dict[str, Any]]:
-    """The row of one information-gain check (a generation step's row maker)."""
-    return [{"id": child_id, "reply": res.completions[0].text if res.ok and res.completions else None,
+def check_rows(env: StepEnv, item: tuple[Child, str], res: Any) -> list[dict[str, Any]]:
+    """The row of one information-gain check (a generation step's row maker); ``item`` = (child, its text)."""
+    return [{"id": item[0].id, "reply": res.completions[0].text if res.ok and res.completions else None,
              "error": res.error}]
 
 
 class Engine:
-    def __init__(self, ctx: Any, cfg: Config):
+    def __init__(self, ctx: StageContext, cfg: Config):
         self.ctx = ctx
         self.cfg = cfg
         self.store = ctx.store
@@ -363,7 +368,7 @@ class Engine:
             "k": cfg.k, "sampling": {**sft_cfg.sampling, **cfg.answer_sampling},
             "fewshot": sft_cfg.fewshot if cfg.answer_fewshot is None else cfg.answer_fewshot,
         })
-        self.evolve_sampling = sft_stage.sampling_for(ctx, cfg, 1)
+        self.evolve_sampling = ctx.sampling(cfg.sampling)
         self.eliminated: list[dict[str, Any]] = []
         self.kept: list[Kept] = []
         self.rounds: list[RoundStats] = []
@@ -379,7 +384,10 @@ class Engine:
         used = {op for rc in cfg.rounds for op in rc.operations}
         self._op_paths = {k: str(prompts.prompt_path(cfg.operations[k].prompt)) for k in sorted(used)}
         if cfg.elimination.llm_check:
-            prompts.prompt_path(cfg.elimination.llm_check_prompt)
+            prompts.load_text(cfg.elimination.llm_check_prompt)
+        self._prefixes = sft_stage.prefixes(self.sft_cfg)
+        for path in self._op_paths.values():
+            prompts.load_text(path)
 
     # -- setup -------------------------------------------------------------------------------------------------------
     def setup_decontamination(self, seeds: list[Problem]) -> None:
@@ -416,37 +424,27 @@ class Engine:
         return msgs
 
     async def evolve(self, children: list[Child], r: int) -> dict[str, dict[str, Any]]:
-        """Evolution results by child id; only children without a successful row are requested."""
+        """Evolution results by child id (only children without a successful record are requested)."""
         name = f"round{r:02d}_evolutions"
-        ids = {c.id for c in children}
+        sampling_d = self.evolve_sampling.as_dict()
+        by_role: dict[str, list[Child]] = {}
+        for c in children:
+            by_role.setdefault(c.role if self.has_evolver2 else "main", []).append(c)
         latest: dict[str, dict[str, Any]] = {}
-        for row in self.store.iter_partial(STAGE, name):
-            if row["id"] in ids:
-                latest[row["id"]] = row
-        todo = [c for c in children if c.id not in latest or latest[c.id].get("error")]
-        if todo:
-            by_role: dict[str, list[Child]] = {}
-            for c in todo:
-                by_role.setdefault(c.role if self.has_evolver2 else "main", []).append(c)
-            with self.store.writer(STAGE, name) as w, Progress(
-                len(todo), f"evolve: round {r} evolving", enabled=self.ctx.show_progress
-            ) as bar:
-                sampling_d = self.evolve_sampling.as_dict()
-                for role, items in by_role.items():
-                    reqs = [
-                        Request(self._messages(c), self.evolve_sampling, sample_offset=c.index, task=f"evolve:{c.op}",
-                                meta={"question": c.parent.question})
-                        for c in items
-                    ]
-                    step = Step(role, reqs,
-                                [(c.id, r, c.pass_, c.parent.id, c.op, c.index, role, sampling_d) for c in items],
-                                evolution_rows)
-                    async for i, _res, rows in run_step(self.ctx, step):
-                        for row in rows:
-                            w.write(row)
-                            latest[row["id"]] = row
-                            bar.update(1, failed=int(row["error"] is not None))
+        for role, items in by_role.items():
+            step = Step(role, items, key=lambda c: c.id, request=self._request,
+                        make_rows=functools.partial(evolution_rows, sampling=sampling_d),
+                        desc=f"evolve: round {r} evolving")
+            reader = await self.ctx.generate(STAGE, name, step)
+            for c in items:
+                rows = reader.get(c.id)
+                if rows:
+                    latest[c.id] = rows[0]
+            reader.close()
         return latest
+
+    def _request(self, c: Child) -> Request:
+        return Request(self._messages(c), self.evolve_sampling, sample_offset=c.index, task=f"evolve:{c.op}")
 
     def _eliminate(self, child: Child, reason: str, detail: str, stats: RoundStats, text: str | None = None,
                    match: dict[str, Any] | None = None, model: str | None = None) -> None:
@@ -459,25 +457,24 @@ class Engine:
         })
 
     async def llm_checks(self, items: list[tuple[Child, str]], r: int) -> dict[str, str]:
-        """Child id -> the judge's reply to the information-gain check (resumable)."""
-        name = f"round{r:02d}_checks"
-        ids = {c.id for c, _ in items}
-        replies = {row["id"]: row for row in self.store.iter_partial(STAGE, name) if row["id"] in ids}
-        todo = [(c, t) for c, t in items if c.id not in replies or replies[c.id].get("error")]
-        if todo:
-            sampling = sft_stage.sampling_for(self.ctx, _Sampling({"temperature": 0.0, "max_tokens": 8}), 1)
-            reqs = [
-                Request([{"role": "user", "content": prompts.render(self.cfg.elimination.llm_check_prompt,
-                                                                     parent=c.parent.question, child=t)}],
-                        sampling, task="check:info_gain", meta={"question": t, "parent": c.parent.question})
-                for c, t in todo
-            ]
-            with self.store.writer(STAGE, name) as w:
-                async for _i, _res, rows in run_step(self.ctx, Step("main", reqs, [c.id for c, _ in todo], check_rows)):
-                    for row in rows:
-                        w.write(row)
-                        replies[row["id"]] = row
-        return {k: (v.get("reply") or "") for k, v in replies.items()}
+        """Child id -> the model's reply to the information-gain check (resumable)."""
+        sampling = self.ctx.sampling({"temperature": 0.0, "max_tokens": 8})
+        prompt = self.cfg.elimination.llm_check_prompt
+
+        def request(item: tuple[Child, str]) -> Request:
+            c, t = item
+            text = prompts.render(prompt, parent=c.parent.question, child=t)
+            return Request([{"role": "user", "content": text}], sampling, task="check:info_gain")
+
+        step = Step("main", items, key=lambda it: it[0].id, request=request, make_rows=check_rows,
+                    desc=f"evolve: round {r} checking")
+        reader = await self.ctx.generate(STAGE, f"round{r:02d}_checks", step)
+        out = {}
+        for c, _ in items:
+            rows = reader.get(c.id)
+            out[c.id] = (rows[0].get("reply") or "") if rows else ""
+        reader.close()
+        return out
 
     async def run_pass(self, children: list[Child], r: int, stats: RoundStats) -> list[Kept]:
         raw = await self.evolve(children, r)
@@ -488,6 +485,10 @@ class Engine:
                 self._eliminate(c, "request_failed", (row or {}).get("error") or "no result", stats)
                 continue
             text = filters.clean_evolved(row.get("text"))
+            if self.cfg.drop_truncated and row.get("finish_reason") == "length":
+                self._eliminate(c, "truncated", "the evolution was cut off by the token limit", stats, text,
+                                model=row.get("model"))
+                continue
             bad = self.eliminator.check(text, c.parent.question)
             if bad:
                 self._eliminate(c, bad[0], bad[1], stats, text, model=row.get("model"))
@@ -543,19 +544,20 @@ class Engine:
             src = self.root_source.get(c.parent.root_id, "gsm8k")
             to_solve.append(Problem(id=c.id, source=src, question=t, root_id=c.parent.root_id, parent_id=c.parent.id,
                                     round=r, operation=c.op, model=row.get("model")))
-        rows = await sft_stage.solve_problems(
+        reader = await sft_stage.solve_problems(
             self.ctx, to_solve, self.sft_cfg, stage=STAGE, name=f"round{r:02d}_solutions", task="solve",
             desc=f"evolve: round {r} answering", gold_of=lambda p: None,
         )
-        by_pid: dict[str, list[dict[str, Any]]] = {}
-        for s in rows:
-            by_pid.setdefault(s["problem_id"], []).append(s)
+        by_pid: dict[str, list[dict[str, Any]]] = {p.id: reader.get(p.id) or [] for p in to_solve}
+        reader.close()
         checker = self.ctx.checker()
         votes: dict[str, tuple[str | None, float, list[str | None]]] = {}
         for c, _, _ in survivors:
             sols = by_pid.get(c.id, [])
             answers = [self._usable_answer(s) for s in sols]
-            pseudo, share = majority_answer(answers, checker) if answers else (None, 0.0)
+            # Agreement counts all k samples: a failed request (one row) or a missing sample counts as no answer.
+            padded = answers + [None] * max(0, cfg.k - len(answers))
+            pseudo, share = majority_answer(padded, checker) if answers else (None, 0.0)
             votes[c.id] = (pseudo, share, answers)
         pairs = [(a, votes[c.id][0]) for c, _, _ in survivors for a in votes[c.id][2]
                  if a is not None and votes[c.id][0] is not None]
@@ -580,8 +582,18 @@ class Engine:
                     s["reason"] = None if ok else f"disagrees with the pseudo-gold {pseudo!r}"
                 marked.append(s)
             if pseudo is None:
-                self._eliminate(c, "no_answer", f"no final answer in {len(sols)} teacher samples", stats, t,
-                                model=row.get("model"))
+                if sols and all(s["verdict"] == "failed" for s in sols):
+                    self._eliminate(c, "request_failed", f"the answer request failed: {sols[0].get('reason')}",
+                                    stats, t, model=row.get("model"))
+                else:
+                    self._eliminate(c, "no_answer", f"no final answer in {cfg.k} teacher samples", stats, t,
+                                    model=row.get("model"))
+                dropped.append(c.id)
+                continue
+            agreeing = round(share * max(cfg.k, len(answers)))
+            if agreeing < cfg.min_agreeing:
+                self._eliminate(c, "low_agreement", f"{agreeing} of {cfg.k} answers agree (< {cfg.min_agreeing})",
+                                stats, t, {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
                 dropped.append(c.id)
                 continue
             flagged = share < cfg.min_agreement
@@ -681,13 +693,6 @@ class Engine:
                      stats.requested, stats.planned, time.time() - t0)
 
 
-class _Sampling:
-    """Adapter so sft.sampling_for can build a Sampling from a plain dict of overrides."""
-
-    def __init__(self, sampling: dict[str, Any]):
-        self.sampling = sampling
-
-
 # --------------------------------------------------------------------------------------------------------------------
 # Summary, report, outputs
 # --------------------------------------------------------------------------------------------------------------------
@@ -708,7 +713,7 @@ def _difficulty(kept: list[Kept]) -> dict[str, Any]:
     }
 
 
-def seed_difficulty(ctx: Any, seeds: list[Problem]) -> dict[str, Any] | None:
+def seed_difficulty(ctx: StageContext, seeds: list[Problem]) -> dict[str, Any] | None:
     """The same proxy for the seeds, from the sft stage's correct solutions (None when that stage has not run)."""
     if not ctx.store.has_output("sft", "solutions"):
         return None
@@ -833,18 +838,20 @@ def make_plots(summary: dict[str, Any], out_dir: Any) -> list[str]:
     return paths
 
 
-def sft_union(ctx: Any, engine: Engine) -> tuple[list[dict[str, Any]], int]:
-    """Seed SFT rows (the sft stage's output, when it ran) + the evolved problems' agreeing solutions."""
-    seed_rows = ctx.store.load("sft", "sft") if ctx.store.has_output("sft", "sft") else []
-    probs = [k.problem for k in engine.kept if not k.evol.flagged]
-    sols = [s for k in engine.kept if not k.evol.flagged for s in k.solutions]
-    evolved = [r.row() for r in sft_stage.sft_rows(probs, sols, engine.sft_cfg)]
-    for r in evolved:
-        SFTExample.model_validate(r)
-    return seed_rows + evolved, len(seed_rows)
+def sft_evolved(engine: Engine) -> list[dict[str, Any]]:
+    """The SFT rows of the evolved problems (their solutions that agree with the pseudo-gold; flagged ones left out).
+    Whether they join the published ``sft`` config is a publishing choice (off by default, as in the recipe: the
+    evolved problems are the RL prompts)."""
+    out = []
+    for k in engine.kept:
+        if k.evol.flagged:
+            continue
+        by_id = {k.problem.id: k.solutions}
+        out += [r.row() for r in sft_stage.sft_rows([k.problem], lambda pid: by_id[pid], engine.sft_cfg)]
+    return out
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
     seeds = ctx.seeds()
@@ -855,16 +862,23 @@ def run(ctx: Any) -> dict[str, Any]:
     out_dir = ctx.store.stage_dir(STAGE)
     if cfg.plots:
         summary["plots"] = make_plots(summary, out_dir)
-    sft_rows, n_seed_sft = sft_union(ctx, engine)
-    summary["sft_union"] = {"seed_rows": n_seed_sft, "evolved_rows": len(sft_rows) - n_seed_sft}
+    evolved_sft = sft_evolved(engine)
+    steps = sft_stage.StepsHistogram()
+    for k in engine.kept:
+        for s in k.solutions:
+            if s["verdict"] != "failed":
+                steps.add(engine.root_source.get(k.problem.root_id, "evol"), s.get("steps"), s.get("text"))
+    summary["steps_per_solution"] = steps.as_dict()
+    summary["sft_evolved_rows"] = len(evolved_sft)
     eliminated = sorted(engine.eliminated, key=lambda e: (e["round"], e["id"]))
+    summary["failed_items"] = sum(e["reason"] == "request_failed" for e in eliminated)
     ctx.store.finish(
         STAGE,
         {
             "problems": [k.problem.row() for k in engine.kept],
             "evol": [k.evol.row() for k in engine.kept],
             "solutions": [s for k in engine.kept for s in k.solutions],
-            "sft": sft_rows,
+            "sft_evolved": evolved_sft,
             "eliminated": eliminated,
         },
         summary,

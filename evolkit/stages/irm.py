@@ -1,9 +1,13 @@
 """IRM data (WizardMath instruction reward model): evolved variants of an instruction, ranked by a judge.
 
-For each sampled instruction (seed problems, and evolved problems when the evolve stage ran) 2-4 variants are made by
-at least two evolvers: two backends when ``evolver_backend`` is configured (``ctx.backend("evolver2")``), otherwise two
-prompt styles on one model: the evolve stage's prompts (``evolve``) and a plain "rewrite" prompt (``rewrite``,
-``prompts/irm_rewrite.jinja``). Variants get one evolution operation each (distinct within an instruction).
+For each sampled instruction (seed problems, and evolved problems when the evolve stage ran) each evolver writes 2-4
+variants (``variants_per_evolver``), as in the recipe, where two evolver models (Wizard-E and ChatGPT) each evolve every
+instruction and the judge ranks all the variants together (4-8 per ranking with two evolvers). The evolvers are two
+backends by default: the main one and ``evolver_backend`` (``ctx.backend("evolver2")``); each writes with the evolve
+stage's prompts (``evolve`` style) or a plain "rewrite" prompt (``rewrite``, ``prompts/irm_rewrite.jinja``). Without a
+second evolver model the stage stops with an error, unless ``allow_single_evolver: true`` (the summary and the card
+then say that the rankings compare variants of one model). A variant's operation is drawn per evolver and instruction
+(distinct within an evolver's variants while there are operations left).
 
 A judge (``ctx.backend("judge")``) scores every variant from 1 to 10 on definition, precision and integrity and ranks
 them, answering in JSON (``prompts/judge_irm.jinja``). Position bias: variants carry letter ids assigned at random, are
@@ -35,11 +39,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import filters, prompts
 from ..backends import Request
 from ..errors import ConfigError
-from ..executors import Step, run_step
-from ..judging import JudgeParseError, as_score, find_json_object, make_sampling, norm_id
+from ..judging import JudgeParseError, as_score, find_json_object, norm_id
 from ..metrics import ranking_pair_agreement
-from ..progress import Progress
 from ..records import IRMPair, IRMRanking, Problem, RankedVariant
+from ..types import StageContext, Step, StepEnv
 
 STAGE = "irm"
 CRITERIA = ("definition", "precision", "integrity")
@@ -63,12 +66,14 @@ class Config(BaseModel):
     n_instructions: int | None = Field(50, gt=0)
     #: Where instructions come from: seed problems and/or the evolve stage's problems (used when that stage ran).
     sources: list[Literal["seeds", "evol"]] = ["seeds", "evol"]
-    #: Variants per instruction (each one evolver x one operation).
-    variants: int = Field(3, ge=2, le=4)
+    #: Variants each evolver writes per instruction (each with one operation).
+    variants_per_evolver: int = Field(2, ge=1, le=4)
     operations: list[str] = list(OPERATIONS)
-    #: None: two evolvers chosen automatically (two backends when evolver_backend is set, else two prompt styles).
+    #: None: the main backend and evolver_backend, both with the evolve stage's prompts.
     evolvers: list[Evolver] | None = None
-    #: Keep an instruction only when its surviving variants come from at least this many evolvers.
+    #: Run with one evolver model (the recipe uses two); the summary and the card say so.
+    allow_single_evolver: bool = False
+    #: Keep an instruction only when its surviving variants come from at least this many evolver models.
     min_evolvers: int = Field(2, ge=1)
     #: Judge a second time with the variants in reverse order (position bias).
     swap: bool = True
@@ -83,13 +88,13 @@ class Config(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------- evolvers
-def resolve_evolvers(ctx: Any, cfg: Config) -> list[Evolver]:
+def resolve_evolvers(ctx: StageContext, cfg: Config) -> list[Evolver]:
     if cfg.evolvers:
         evs = list(cfg.evolvers)
     elif ctx.config.evolver_backend is not None:
         evs = [Evolver(style="evolve", role="main"), Evolver(style="evolve", role="evolver2")]
     else:
-        evs = [Evolver(style="evolve", role="main"), Evolver(style="rewrite", role="main")]
+        evs = [Evolver(style="evolve", role="main")]
     out = []
     for e in evs:
         if e.role == "evolver2" and ctx.config.evolver_backend is None:
@@ -100,36 +105,52 @@ def resolve_evolvers(ctx: Any, cfg: Config) -> list[Evolver]:
             name = f"{name}@{e.role}"  # two backends serving a model of the same name
         out.append(e.model_copy(update={"name": name}))
     names = [e.name for e in out]
+    if len(out) * cfg.variants_per_evolver > len(LETTERS):
+        raise ConfigError(f"stages.irm: {len(out)} evolvers x {cfg.variants_per_evolver} variants is more than the "
+                          f"{len(LETTERS)} a ranking can hold; lower variants_per_evolver")
     if len(set(names)) != len(names):
         raise ConfigError(f"stages.irm.evolvers: evolver names must differ (got {names})")
+    if len(evolver_models(ctx, out)) < 2 and not cfg.allow_single_evolver:
+        raise ConfigError(
+            "stages.irm: the IRM data needs variants from two evolver models (the recipe's Wizard-E and ChatGPT), "
+            f"but every evolver here is {ctx.backend_config(out[0].role).model!r}: set evolver_backend to a second "
+            "model, or stages.irm.allow_single_evolver: true to rank variants of one model (the card says so)")
     return out
 
 
-def _evolve_config(ctx: Any) -> Any:
-    from . import evolve
+def evolver_models(ctx: StageContext, evolvers: list[Evolver]) -> set[str]:
+    """The distinct backends behind the evolvers (a model served twice is still one evolver model)."""
+    out = set()
+    for e in evolvers:
+        b = ctx.backend_config(e.role)
+        out.add(f"{b.kind}:{b.model}")
+    return out
+
+
+def _evolve_config(ctx: StageContext) -> Any:
+    import evolkit.stages.evolve as evolve
 
     return ctx.config.stages.get("evolve") or evolve.Config()
 
 
-def evolver_request(problem: Problem, op: str, evolver: Evolver, ctx: Any, cfg: Config) -> Request:
+def evolver_request(problem: Problem, op: str, evolver: Evolver, ctx: StageContext, cfg: Config) -> Request:
     """The request that makes one variant of ``problem`` with ``op`` in ``evolver``'s style.
 
     ``evolve``: the evolve stage's own operation prompts and system prompt (its config, ``stages.evolve``, or its
     defaults), as the evolve stage sends them; ``rewrite``: ``prompts/irm_rewrite.jinja``, no system prompt."""
-    sampling = make_sampling(ctx, cfg.evolve_sampling)
-    meta = {"question": problem.question, "style": evolver.style}
+    sampling = ctx.sampling(cfg.evolve_sampling)
     if evolver.style == "evolve":
         ev = _evolve_config(ctx)
         if op not in ev.operations:
             raise ConfigError(f"stages.irm.operations: unknown operation {op!r} (known: {', '.join(ev.operations)})")
         msgs = [{"role": "system", "content": prompts.load_text(ev.system_prompt)}] if ev.system_prompt else []
         msgs.append({"role": "user", "content": prompts.render(ev.operations[op].prompt, question=problem.question)})
-        return Request(msgs, sampling, task=f"evolve:{op}", meta=meta)
+        return Request(msgs, sampling, task=f"evolve:{op}")
     text = prompts.render(cfg.rewrite_prompt, question=problem.question, operation=op)
-    return Request([{"role": "user", "content": text}], sampling, task=f"evolve:{op}", meta=meta)
+    return Request([{"role": "user", "content": text}], sampling, task=f"evolve:{op}")
 
 
-def variant_check(ctx: Any) -> Any:
+def variant_check(ctx: StageContext) -> Any:
     """The evolve stage's text rules (empty, refusal, prompt artifact, length, no information gain) for variants."""
     from .. import filters
 
@@ -146,8 +167,7 @@ def judge_request(original: str, variants: dict[str, str], order: list[str], cfg
     text = prompts.render(
         cfg.judge_prompt, original=original, ids=order, variants=[{"id": v, "text": variants[v]} for v in order]
     )
-    return Request([{"role": "user", "content": text}], task="judge:irm",
-                   meta={"variant_ids": list(order), "variant_texts": {v: variants[v] for v in order}})
+    return Request([{"role": "user", "content": text}], task="judge:irm")
 
 
 def parse_irm_judgement(text: str, ids: list[str]) -> dict[str, Any]:
@@ -234,13 +254,13 @@ def pairs_from_ranking(row: dict[str, Any], margin: str = "none") -> list[IRMPai
 
 
 # --------------------------------------------------------------------------------------------------------- inputs
-def instructions(ctx: Any, cfg: Config) -> list[dict[str, Any]]:
+def instructions(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
     """The sampled instructions as Problem rows (evolved ones with round/operation/source from the evolve stage)."""
     pool: list[Problem] = []
     if "seeds" in cfg.sources:
         pool += ctx.seeds()
     if "evol" in cfg.sources and ctx.store.has_output("evolve", "problems"):
-        pool += [Problem.model_validate(r) for r in ctx.store.load("evolve", "problems")]
+        pool += [Problem.model_validate(r) for r in ctx.store.iter_output("evolve", "problems")]
     seen: set[str] = set()
     uniq = [p for p in pool if not (p.id in seen or seen.add(p.id))]  # type: ignore[func-returns-value]
     if cfg.n_instructions is not None and len(uniq) > cfg.n_instructions:
@@ -251,23 +271,29 @@ def instructions(ctx: Any, cfg: Config) -> list[dict[str, Any]]:
 
 
 def plan_variants(problem_id: str, evolvers: list[Evolver], cfg: Config, seed: int) -> list[tuple[int, Evolver, str]]:
-    """(slot, evolver, operation) per variant: evolvers in turn, operations shuffled per instruction and distinct."""
-    ops = list(cfg.operations)
-    if not ops:
+    """(slot, evolver, operation) per variant: ``variants_per_evolver`` for each evolver, operations shuffled per
+    instruction and evolver (distinct while there are operations left)."""
+    ops0 = list(cfg.operations)
+    if not ops0:
         raise ConfigError("stages.irm.operations: give at least one operation")
-    _rng(seed, "ops", problem_id).shuffle(ops)
-    return [(j, evolvers[j % len(evolvers)], ops[j % len(ops)]) for j in range(cfg.variants)]
+    out = []
+    for e_i, ev in enumerate(evolvers):
+        ops = list(ops0)
+        _rng(seed, "ops", problem_id, ev.name).shuffle(ops)
+        for j in range(cfg.variants_per_evolver):
+            out.append((e_i * cfg.variants_per_evolver + j, ev, ops[j % len(ops)]))
+    return out
 
 
 # --------------------------------------------------------------------------------------------------------- stage
-def variant_rows(env: Any, item: tuple[str, str, int, str, str, Any], res: Any) -> list[dict[str, Any]]:
-    """The row of one variant request (a generation step's row maker, see :mod:`evolkit.executors`);
-    ``item`` = (instruction id, instruction, slot, evolver name, operation, text rules)."""
+def variant_rows(env: StepEnv, item: tuple[str, str, int, str, str, Any], res: Any) -> list[dict[str, Any]]:
+    """The row of one variant request (a generation step's row maker); ``item`` = (instruction id, instruction, slot,
+    evolver name, operation, text rules)."""
     pid, question, slot, evolver, op, rules = item
     row = {"instruction_id": pid, "slot": slot, "evolver": evolver, "operation": op, "model": env.model,
            "text": None, "status": "ok", "reason": None}
     if not res.ok or not res.completions:
-        row.update(status="failed", reason=res.error or "no completion")
+        row.update(status="failed", reason=f"request_failed: {res.error or 'no completion'}")
     else:
         comp = res.completions[0]
         row["text"] = filters.clean_evolved(comp.text)
@@ -275,35 +301,34 @@ def variant_rows(env: Any, item: tuple[str, str, int, str, str, Any], res: Any) 
         if bad:
             row.update(status="dropped", reason=f"{bad[0]}: {bad[1]}")
         elif comp.finish_reason == "length":
-            row.update(status="dropped", reason="truncated at the token limit")
+            row.update(status="dropped", reason="truncated: cut off by the token limit")
     return [row]
 
 
-async def _make_variants(ctx: Any, cfg: Config, probs: list[Problem], evolvers: list[Evolver]) -> list[dict[str, Any]]:
-    store = ctx.store
-    done = {(r["instruction_id"], r["slot"]) for r in store.iter_partial(STAGE, "variants") if r["status"] != "failed"}
-    by_role: dict[str, list[tuple[Problem, int, Evolver, str, Request]]] = {}
+async def _make_variants(ctx: StageContext, cfg: Config, probs: list[Problem], evolvers: list[Evolver]
+                         ) -> list[dict[str, Any]]:
+    rules = variant_check(ctx)
+    by_role: dict[str, list[tuple[Problem, int, Evolver, str]]] = {}
     for p in probs:
         for slot, ev, op in plan_variants(p.id, evolvers, cfg, ctx.config.seed):
-            if (p.id, slot) not in done:
-                by_role.setdefault(ev.role, []).append((p, slot, ev, op, evolver_request(p, op, ev, ctx, cfg)))
-    total = sum(len(v) for v in by_role.values())
-    rules = variant_check(ctx)
-    with store.writer(STAGE, "variants") as w, Progress(total, "irm: evolving", enabled=ctx.show_progress) as bar:
-        for role, items in by_role.items():
-            step = Step(role, [it[4] for it in items],
-                        [(p.id, p.question, slot, ev.name, op, rules) for p, slot, ev, op, _ in items], variant_rows)
-            async for _i, res, rows in run_step(ctx, step):
-                for row in rows:
-                    w.write(row)
-                bar.update(1, failed=int(not res.ok))
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in store.iter_partial(STAGE, "variants"):
-        latest[(r["instruction_id"], r["slot"])] = r
-    return list(latest.values())
+            by_role.setdefault(ev.role, []).append((p, slot, ev, op))
+    out: list[dict[str, Any]] = []
+    for role, items in by_role.items():
+        by_key = {(p.id, slot): (p, slot, ev, op) for p, slot, ev, op in items}
+        step = Step(
+            role, [(p.id, p.question, slot, ev.name, op, rules) for p, slot, ev, op in items],
+            key=lambda it: [it[0], it[2]],
+            request=lambda it: evolver_request(by_key[(it[0], it[2])][0], it[4], by_key[(it[0], it[2])][2], ctx, cfg),
+            make_rows=variant_rows, desc="irm: evolving")
+        reader = await ctx.generate(STAGE, "variants", step)
+        for p, slot, _ev, _op in items:
+            out += reader.get([p.id, slot]) or []
+        reader.close()
+    return out
 
 
-def _usable_variants(p: Problem, rows: list[dict[str, Any]], cfg: Config) -> tuple[dict[str, dict[str, Any]], str | None]:
+def _usable_variants(p: Problem, rows: list[dict[str, Any]], min_evolvers: int
+                     ) -> tuple[dict[str, dict[str, Any]], str | None]:
     """letter -> variant row for one instruction (duplicates and copies of the original dropped), or a reason."""
     norm = lambda s: re.sub(r"\s+", " ", s.strip().lower())  # noqa: E731
     seen = {norm(p.question)}
@@ -318,14 +343,14 @@ def _usable_variants(p: Problem, rows: list[dict[str, Any]], cfg: Config) -> tup
         kept.append(r)
     if len(kept) < 2:
         return {}, "fewer_than_2_variants"
-    if len({r["evolver"] for r in kept}) < cfg.min_evolvers:
-        return {}, f"fewer_than_{cfg.min_evolvers}_evolvers"
+    if len({r["evolver"] for r in kept}) < min_evolvers:
+        return {}, f"fewer_than_{min_evolvers}_evolvers"
     letters = list(LETTERS[: len(kept)])
     _rng("letters", p.id).shuffle(letters)
     return {letters[i]: r for i, r in enumerate(kept)}, None
 
 
-def judgement_rows(env: Any, item: tuple[str, str, list[str], dict[str, int]], res: Any) -> list[dict[str, Any]]:
+def judgement_rows(env: StepEnv, item: tuple[str, str, list[str], dict[str, int]], res: Any) -> list[dict[str, Any]]:
     """The row of one judge request (a generation step's row maker); ``item`` = (instruction id, order name, ids in
     the order shown, letter -> variant slot)."""
     pid, name, o, variant_of = item
@@ -344,34 +369,30 @@ def judgement_rows(env: Any, item: tuple[str, str, list[str], dict[str, int]], r
     return [row]
 
 
-async def _judge(ctx: Any, cfg: Config, work: list[tuple[Problem, dict[str, dict[str, Any]]]]) -> list[dict[str, Any]]:
-    store = ctx.store
-    done = {(r["instruction_id"], r["order"]) for r in store.iter_partial(STAGE, "judgements")
-            if r.get("reason") != "request_failed"}
-    sampling = make_sampling(ctx, cfg.judge_sampling)
+async def _judge(ctx: StageContext, cfg: Config, work: list[tuple[Problem, dict[str, dict[str, Any]]]]
+                 ) -> list[dict[str, Any]]:
+    sampling = ctx.sampling(cfg.judge_sampling)
     items = []
+    texts_of: dict[str, tuple[str, dict[str, str]]] = {}
     for p, letters in work:
         order = sorted(letters)
         orders = {"forward": order} | ({"reverse": order[::-1]} if cfg.swap else {})
-        texts = {k: v["text"] for k, v in letters.items()}
+        texts_of[p.id] = (p.question, {k: v["text"] for k, v in letters.items()})
         for name, o in orders.items():
-            if (p.id, name) in done:
-                continue
-            req = judge_request(p.question, texts, o, cfg)
-            req.sampling = sampling
-            items.append((p, name, o, letters, req))
-    with store.writer(STAGE, "judgements") as w, Progress(len(items), "irm: judging", enabled=ctx.show_progress) as bar:
-        step = Step("judge", [it[4] for it in items],
-                    [(p.id, name, o, {k: v["slot"] for k, v in letters.items()}) for p, name, o, letters, _ in items],
-                    judgement_rows)
-        async for _i, _res, rows in run_step(ctx, step):
-            for row in rows:
-                w.write(row)
-                bar.update(1, failed=int(not row["ok"]))
-    latest: dict[tuple[str, str], dict[str, Any]] = {}
-    for r in store.iter_partial(STAGE, "judgements"):
-        latest[(r["instruction_id"], r["order"])] = r
-    return list(latest.values())
+            items.append((p.id, name, o, {k: v["slot"] for k, v in letters.items()}))
+
+    def request(it: tuple[str, str, list[str], dict[str, int]]) -> Request:
+        question, texts = texts_of[it[0]]
+        req = judge_request(question, texts, it[2], cfg)
+        req.sampling = sampling
+        return req
+
+    step = Step("judge", items, key=lambda it: [it[0], it[1]], request=request, make_rows=judgement_rows,
+                desc="irm: judging")
+    reader = await ctx.generate(STAGE, "judgements", step)
+    out = [r for it in items for r in (reader.get([it[0], it[1]]) or [])]
+    reader.close()
+    return out
 
 
 def _ranking_row(p: Problem, letters: dict[str, dict[str, Any]], js: list[dict[str, Any]], judge: str) -> IRMRanking:
@@ -396,10 +417,11 @@ def _ranking_row(p: Problem, letters: dict[str, dict[str, Any]], js: list[dict[s
                       consistent=consistent if len(js) == 2 else True, label_source="model", agreement=agreement)
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
     evolvers = resolve_evolvers(ctx, cfg)
+    n_models = len(evolver_models(ctx, evolvers))
     rows = instructions(ctx, cfg)
     probs = [Problem.model_validate(r) for r in rows]
     variants = asyncio.run(_make_variants(ctx, cfg, probs, evolvers))
@@ -410,7 +432,7 @@ def run(ctx: Any) -> dict[str, Any]:
     skipped: dict[str, int] = {}
     work = []
     for p in probs:
-        letters, why = _usable_variants(p, by_instr.get(p.id, []), cfg)
+        letters, why = _usable_variants(p, by_instr.get(p.id, []), min(cfg.min_evolvers, len(evolvers)))
         if why:
             skipped[why] = skipped.get(why, 0) + 1
         else:
@@ -459,6 +481,10 @@ def run(ctx: Any) -> dict[str, Any]:
         "instructions": len(probs),
         "sources_missing": [] if "evol" not in cfg.sources or ctx.store.is_done("evolve") else ["evolve"],
         "evolvers": [e.name for e in evolvers],
+        "evolver_models": n_models,
+        "single_evolver": n_models < 2,
+        "variants_per_evolver": cfg.variants_per_evolver,
+        "failed_items": variant_status.get("failed", 0) + failures.get("request_failed", 0),
         "variants": variant_status,
         "instructions_skipped": skipped,
         "judge": judge_model,

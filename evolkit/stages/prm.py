@@ -1,21 +1,27 @@
 """PRM data (WizardMath process reward model): solutions split into steps, each step labelled correct or incorrect.
 
-Input solutions come from ``sft/solutions`` and, when the evolve stage ran, from its solution outputs; both correct and
-incorrect ones are taken (``balance``: as many of each final verdict) so step labels are not all "correct". Steps are
-the solutions' ``steps`` (``evolkit.answers.split_steps``). Two labellers, either or both:
+Whose solutions are labelled (``sources``): in the recipe the PRM learns to judge the steps of the model being trained,
+so the default source is ``policy``: the policy (``policy_backend``: a checkpoint saved by ``trainers.sft`` through the
+transformers or vLLM backend, or a server serving it) solves seed and evolved problems ``policy_k`` times each in the
+format it was trained on (the WizardMath Alpaca prompt), and those solutions are labelled. The teacher's solutions
+(``sft``: ``sft/solutions``; ``evolve``: the evolve stage's solutions) stay available as sources. Both correct and
+incorrect solutions are taken (``balance``: as many of each final verdict) so step labels are not all "correct". Steps
+are the solutions' ``steps`` (``evolkit.answers.split_steps``). Two labellers, either or both:
 
 * ``judge``: a judge model (``ctx.backend("judge")``, ``prompts/judge_prm.jinja``) labels every step ``correct``,
   ``incorrect`` or (``allow_neutral``) ``neutral`` in a JSON answer; answers are parsed robustly and failures recorded
   with a reason. ``neutral`` becomes ``neutral_as`` (default correct, as in PRM800K's usual binarisation).
-* ``montecarlo`` (Math-Shepherd): from the prefix ending at each step, ``rollouts`` completions are sampled
-  (``prompts/prm_rollout.jinja``, task ``rollout``); their final answers are checked against the (pseudo-)gold answer
+* ``montecarlo`` (Math-Shepherd): from the prefix ending at each step, ``rollouts`` completions are sampled by the model
+  that wrote the solution (the policy for policy solutions, else the main backend; ``prompts/prm_rollout.jinja``, task
+  ``rollout``); their final answers are checked against the (pseudo-)gold answer
   with the answer checker. A step's score is the share of rollouts that reach the gold answer; its label is
   ``score > 0`` ("hard" estimation) or ``score >= soft_threshold`` ("soft"). The last step's label is the solution's own
   verdict (its "rollout" is the solution itself).
 
 Outputs (``prm/``): ``prm`` (:class:`~evolkit.records.PRMExample`, TRL's stepwise-supervision format: ``prompt``,
-``completions`` = steps, ``labels`` = booleans; one row per solution and labeller), ``judgements`` (raw judge answers,
-3-way step labels, parse status) and ``rollouts`` (per step: samples, hits).
+``completions`` = steps, ``labels`` = booleans; one row per solution and labeller, naming the model that wrote the
+solution and the model that labelled it), ``policy_solutions`` (the policy's samples), ``judgements`` (raw judge
+answers, 3-way step labels, parse status) and ``rollouts`` (per step: samples, hits).
 
 Calibration (:func:`calibrate`, ``evolkit prm calibrate``) runs the same step judge on human-labelled steps in PRM800K's
 stepwise-critique format and reports agreement.
@@ -24,6 +30,7 @@ stepwise-critique format and reports agreement.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import random
@@ -36,13 +43,15 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .. import prompts
 from ..answers import extract_answer, split_steps
-from ..backends import Backend, Request
-from ..errors import DataError
-from ..executors import Step, run_step, stream_rows
-from ..judging import JudgeParseError, find_json_object, make_sampling, strip_step_marker
+from ..backends import Backend, Request, Sampling
+from ..backends.base import LazyRequests
+from ..errors import ConfigError, DataError
+from ..judging import JudgeParseError, find_json_object, strip_step_marker, to_bool
 from ..metrics import accuracy, cohen_kappa, confusion, first_error_f1, per_class
 from ..progress import Progress
-from ..records import PRMExample
+from ..records import PRMExample, Problem
+from ..types import StageContext, Step, StepEnv
+import evolkit.stages.sft as sft_stage
 
 STAGE = "prm"
 log = logging.getLogger("evolkit.prm")
@@ -51,8 +60,17 @@ LABELS3 = ("correct", "incorrect", "neutral")
 
 class Config(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    #: Where solutions come from: the SFT stage's and (when it ran) the evolve stage's.
-    sources: list[Literal["sft", "evolve"]] = ["sft", "evolve"]
+    #: Whose solutions are labelled: the policy's own (``policy_backend``; the recipe), the teacher's SFT-stage
+    #: solutions, the evolve stage's.
+    sources: list[Literal["policy", "sft", "evolve"]] = ["policy"]
+    #: policy: which problems it solves (seeds and the evolve stage's kept problems), how many, how often.
+    policy_problems: list[Literal["seeds", "evol"]] = ["seeds", "evol"]
+    policy_max_problems: int | None = Field(200, gt=0)
+    policy_k: int = Field(4, gt=0)
+    #: policy: the prompt the policy was trained on (sent as raw text: the WizardMath Alpaca template), or ``chat``.
+    policy_format: Literal["alpaca", "chat"] = "alpaca"
+    policy_prompt: str = "wizardmath_default"
+    policy_sampling: dict[str, Any] = {"temperature": 0.7}
     #: Solutions to label (None: all usable ones).
     max_solutions: int | None = Field(200, gt=0)
     #: As many solutions with a correct final answer as with a wrong one (the smaller side sets the count).
@@ -78,11 +96,10 @@ class Config(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------------- judge
-def judge_request(problem: str, steps: list[str], cfg: Config, final_correct: bool | None = None) -> Request:
+def judge_request(problem: str, steps: list[str], cfg: Config, sampling: Sampling | None = None) -> Request:
     text = prompts.render(cfg.judge_prompt, problem=problem, steps=[strip_step_marker(s) for s in steps],
                           allow_neutral=cfg.allow_neutral)
-    return Request([{"role": "user", "content": text}], task="judge:prm",
-                   meta={"steps": list(steps), "final_correct": final_correct})
+    return Request([{"role": "user", "content": text}], sampling or Sampling(), task="judge:prm")
 
 
 _ALIASES = {"correct": "correct", "right": "correct", "good": "correct", "positive": "correct", "+": "correct",
@@ -131,13 +148,9 @@ def parse_prm_judgement(text: str, n_steps: int, allow_neutral: bool = True) -> 
     return {"labels": labels, "confidence": conf}
 
 
-def to_bool(label3: str, neutral_as: str = "correct") -> bool:
-    return label3 == "correct" or (label3 == "neutral" and neutral_as == "correct")
-
-
-def judgement_rows(env: Any, item: tuple[str, int, bool], res: Any) -> list[dict[str, Any]]:
-    """The judgement row of one judged solution (a generation step's row maker, see :mod:`evolkit.executors`);
-    ``item`` = (key, number of steps, allow_neutral)."""
+def judgement_rows(env: StepEnv, item: tuple[str, int, bool], res: Any) -> list[dict[str, Any]]:
+    """The judgement row of one judged solution (a generation step's row maker); ``item`` = (key, number of steps,
+    allow_neutral)."""
     key, n_steps, allow_neutral = item
     row: dict[str, Any] = {"key": key, "judge": env.model, "n_steps": n_steps, "raw": None, "ok": False,
                            "reason": None, "detail": None, "labels3": None, "confidence": None}
@@ -153,36 +166,36 @@ def judgement_rows(env: Any, item: tuple[str, int, bool], res: Any) -> list[dict
     return [row]
 
 
-async def judge_steps(
-    backend: Backend, items: list[tuple[str, str, list[str], bool | None]], cfg: Config, sampling: Any,
-    on_result: Any = None, desc: str = "prm: judging steps", show_progress: bool = True, ctx: Any = None,
-) -> dict[str, dict[str, Any]]:
-    """Judge ``(key, problem, steps, final_correct)`` items; returns ``key -> judgement row`` (also given to
-    ``on_result`` as each arrives). With ``ctx`` the requests go through the run's executor to its ``judge`` backend
-    (``backend`` is then that backend)."""
-    reqs = []
-    for _key, problem, steps, final_correct in items:
-        r = judge_request(problem, steps, cfg, final_correct)
-        r.sampling = sampling
-        reqs.append(r)
-    ritems = [(key, len(steps), cfg.allow_neutral) for key, _p, steps, _f in items]
-    if ctx is not None:
-        results = run_step(ctx, Step("judge", reqs, ritems, judgement_rows))
-    else:
-        results = stream_rows(backend, reqs, ritems, judgement_rows)
+def _judged_rows(env: StepEnv, item: tuple[str, str, list[str]], res: Any, allow_neutral: bool
+                 ) -> list[dict[str, Any]]:
+    return judgement_rows(env, (item[0], len(item[2]), allow_neutral), res)
+
+
+def judge_step(items: list[tuple[str, str, list[str]]], cfg: Config, sampling: Sampling,
+               desc: str = "prm: judging steps") -> Step:
+    """The judge's generation step over ``(key, problem, steps)`` items."""
+    return Step("judge", items, key=lambda it: it[0],
+                request=lambda it: judge_request(it[1], it[2], cfg, sampling),
+                make_rows=functools.partial(_judged_rows, allow_neutral=cfg.allow_neutral), desc=desc)
+
+
+async def judge_steps(backend: Backend, items: list[tuple[str, str, list[str]]], cfg: Config, sampling: Sampling,
+                      desc: str = "prm: judging steps", show_progress: bool = True) -> dict[str, dict[str, Any]]:
+    """Judge ``(key, problem, steps)`` items on a backend outside a run (calibration); ``key -> judgement row``."""
+    step = judge_step(items, cfg, sampling, desc)
+    env = StepEnv(backend.model)
     out: dict[str, dict[str, Any]] = {}
     with Progress(len(items), desc, enabled=show_progress) as bar:
-        async for _i, _res, rows in results:
+        stream = backend.stream_rows(LazyRequests(items, step.request), items, step.make_rows, env)
+        async for _i, _res, rows in stream:
             for row in rows:
                 out[row["key"]] = row
-                if on_result is not None:
-                    on_result(row)
                 bar.update(1, failed=int(not row["ok"]))
     return out
 
 
 # --------------------------------------------------------------------------------------------------------- inputs
-def _problem_index(ctx: Any) -> dict[str, dict[str, Any]]:
+def _problem_index(ctx: StageContext) -> dict[str, dict[str, Any]]:
     """problem id -> {question, gold, round, operation, source} from the seeds and any evolve output with questions."""
     idx: dict[str, dict[str, Any]] = {}
     for p in ctx.seeds():
@@ -191,29 +204,67 @@ def _problem_index(ctx: Any) -> dict[str, dict[str, Any]]:
     for name in ("problems", "evol"):
         if not ctx.store.has_output("evolve", name):
             continue
-        for r in ctx.store.load("evolve", name):
+        for r in ctx.store.iter_output("evolve", name):
             idx.setdefault(r["id"], {"question": r["question"], "gold": r.get("pseudo_gold", r.get("gold_answer")),
                                      "round": r.get("round", 0), "operation": r.get("operation"),
                                      "origin": r.get("source") or "evol"})
     return idx
 
 
-def candidate_solutions(ctx: Any, cfg: Config) -> list[dict[str, Any]]:
-    """Usable solutions of the configured sources: id, source, problem info, steps, final_correct."""
+def policy_problems(ctx: StageContext, cfg: Config) -> list[Problem]:
+    """The problems the policy solves: seeds and kept evolved problems (with their pseudo-gold), sampled."""
+    pool: list[Problem] = []
+    if "seeds" in cfg.policy_problems:
+        pool += ctx.seeds()
+    if "evol" in cfg.policy_problems and ctx.store.has_output("evolve", "problems"):
+        pool += [Problem.model_validate(r) for r in ctx.store.iter_output("evolve", "problems")]
+    if cfg.policy_max_problems is not None and len(pool) > cfg.policy_max_problems:
+        keep = set(p.id for p in random.Random(ctx.config.seed).sample(pool, cfg.policy_max_problems))
+        pool = [p for p in pool if p.id in keep]
+    return pool
+
+
+async def sample_policy(ctx: StageContext, cfg: Config) -> list[dict[str, Any]]:
+    """The policy's own solutions (``policy_k`` per problem), checked against the (pseudo-)gold answers."""
+    problems = policy_problems(ctx, cfg)
+    sampling = ctx.sampling(cfg.policy_sampling, n=cfg.policy_k)
+    template = prompts.load_text(cfg.policy_prompt) if cfg.policy_format == "alpaca" else None
+
+    def request(item: tuple[Problem, Any]) -> Request:
+        q = item[0].question
+        if template is not None:
+            return Request([{"role": "user", "content": template.replace("{instruction}", q)}], sampling,
+                           task="solve", raw=True)
+        return Request([{"role": "user", "content": q}], sampling, task="solve")
+
+    step = Step("policy", [(p, p.gold_answer) for p in problems], key=lambda it: it[0].id, request=request,
+                make_rows=functools.partial(sft_stage.solution_rows, drop_truncated=True,
+                                            sampling=sampling.as_dict()), desc="prm: sampling the policy")
+    reader = await ctx.generate(STAGE, "policy_solutions", step)
+    rows = list(reader.rows(p.id for p in problems))
+    reader.close()
+    return rows
+
+
+def candidate_solutions(ctx: StageContext, cfg: Config, policy_rows: list[dict[str, Any]] | None = None
+                        ) -> list[dict[str, Any]]:
+    """Usable solutions of the configured sources: id, source, problem info, steps, final_correct, model."""
     idx = _problem_index(ctx)
-    pools: list[tuple[str, str, list[dict[str, Any]]]] = []
+    pools: list[tuple[str, str, Any]] = []
+    if "policy" in cfg.sources and policy_rows is not None:
+        pools.append(("policy", "policy_solutions", policy_rows))
     if "sft" in cfg.sources and ctx.store.has_output("sft", "solutions"):
-        pools.append(("sft", "solutions", ctx.store.load("sft", "solutions")))
+        pools.append(("sft", "solutions", ctx.store.iter_output("sft", "solutions")))
     if "evolve" in cfg.sources:
         for name in sorted(ctx.store.outputs().get("evolve", {})):
             if "solution" not in name:
                 continue
-            rows = ctx.store.load("evolve", name)
-            if rows and {"problem_id", "text", "verdict"} <= set(rows[0]):
-                pools.append(("evolve", name, rows))
+            pools.append(("evolve", name, ctx.store.iter_output("evolve", name)))
     out, seen = [], set()
     for source, name, rows in pools:
         for s in rows:
+            if not {"problem_id", "text", "verdict"} <= set(s):
+                break
             verdict = s.get("verdict")
             if verdict == "no_answer" and cfg.include_no_answer:
                 verdict = "incorrect"
@@ -260,17 +311,17 @@ def select_solutions(cands: list[dict[str, Any]], cfg: Config, seed: int) -> tup
 
 
 # --------------------------------------------------------------------------------------------------------- rollouts
-def rollout_request(problem: str, prefix: list[str], gold: Any, cfg: Config, sampling: Any) -> Request:
+def rollout_request(problem: str, prefix: list[str], cfg: Config, sampling: Any) -> Request:
     text = prompts.render(cfg.rollout_prompt, problem=problem, steps=prefix)
-    return Request([{"role": "user", "content": text}], sampling, task="rollout",
-                   meta={"question": problem, "gold": gold, "prefix": "\n\n".join(prefix)})
+    return Request([{"role": "user", "content": text}], sampling, task="rollout")
 
 
-async def rollout_rows(env: Any, item: tuple[str, int, Any], res: Any) -> list[dict[str, Any]]:
-    """The row of one rollout request (a generation step's row maker); ``item`` = (solution id, step, gold)."""
-    sid, step, gold = item
-    row = {"solution_id": sid, "step": step, "ok": res.ok, "samples": 0, "hits": 0, "answers": [],
-           "reason": res.error}
+async def rollout_rows(env: StepEnv, item: tuple[dict[str, Any], int], res: Any) -> list[dict[str, Any]]:
+    """The row of one rollout request (a generation step's row maker); ``item`` = (solution, step)."""
+    sol, step = item
+    gold = sol["gold"]
+    row = {"solution_id": sol["id"], "step": step, "ok": res.ok, "samples": 0, "hits": 0, "answers": [],
+           "reason": res.error, "model": env.model}
     if res.ok:
         answers = [extract_answer(c.text) for c in res.completions]
         checks = await env.checker().acheck_many([(a, gold) for a in answers])
@@ -278,26 +329,29 @@ async def rollout_rows(env: Any, item: tuple[str, int, Any], res: Any) -> list[d
     return [row]
 
 
-async def _rollouts(ctx: Any, cfg: Config, sols: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
-    store = ctx.store
-    done = {(r["solution_id"], r["step"]) for r in store.iter_partial(STAGE, "rollouts") if r["ok"]}
-    sampling = make_sampling(ctx, cfg.rollout_sampling, n=cfg.rollouts)
-    items = []
+def rollout_role(sol: dict[str, Any]) -> str:
+    """Rollouts continue a solution with the model that wrote it: the policy's with the policy."""
+    return "policy" if sol["source"] == "policy" else "main"
+
+
+async def _rollouts(ctx: StageContext, cfg: Config, sols: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    sampling = ctx.sampling(cfg.rollout_sampling, n=cfg.rollouts)
+    by_role: dict[str, list[tuple[dict[str, Any], int]]] = {}
     for s in sols:
         if s["gold"] is None:
             continue
         for i in range(1, len(s["steps"])):  # the last step's "rollout" is the solution itself
-            if (s["id"], i) not in done:
-                items.append((s, i, rollout_request(s["question"], s["steps"][:i], s["gold"], cfg, sampling)))
-    job = Step("main", [it[2] for it in items], [(s["id"], i, s["gold"]) for s, i, _ in items], rollout_rows)
-    with store.writer(STAGE, "rollouts") as w, Progress(len(items), "prm: rollouts", enabled=ctx.show_progress) as bar:
-        async for _i, res, rows in run_step(ctx, job):
-            for row in rows:
-                w.write(row)
-            bar.update(1, failed=int(not res.ok))
+            by_role.setdefault(rollout_role(s), []).append((s, i))
     out: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in store.iter_partial(STAGE, "rollouts"):
-        out[(r["solution_id"], r["step"])] = r
+    for role, items in by_role.items():
+        step = Step(role, items, key=lambda it: [it[0]["id"], it[1]],
+                    request=lambda it: rollout_request(it[0]["question"], it[0]["steps"][: it[1]], cfg, sampling),
+                    make_rows=rollout_rows, desc="prm: rollouts")
+        reader = await ctx.generate(STAGE, "rollouts", step)
+        for s, i in items:
+            for r in reader.get([s["id"], i]) or []:
+                out[(r["solution_id"], r["step"])] = r
+        reader.close()
     return out
 
 
@@ -318,47 +372,67 @@ def mc_labels(sol: dict[str, Any], rolls: dict[tuple[str, int], dict[str, Any]],
 
 
 # --------------------------------------------------------------------------------------------------------- stage
-def _example(sol: dict[str, Any], labels: list[bool], labeller: str, scores: list[float] | None) -> PRMExample:
+def _example(sol: dict[str, Any], labels: list[bool], labeller: str, scores: list[float] | None,
+             labeller_model: str | None) -> PRMExample:
     return PRMExample(id=f"{sol['id']}:{labeller}", problem_id=sol["problem_id"], prompt=sol["question"],
                       completions=list(sol["steps"]), labels=labels, labeller=labeller, label_source="model",
-                      step_scores=scores, final_correct=sol["final_correct"], source=sol["source"])
+                      step_scores=scores, final_correct=sol["final_correct"], source=sol["source"],
+                      solution_model=sol.get("model"), labeller_model=labeller_model)
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
-    cands = candidate_solutions(ctx, cfg)
+    policy_rows: list[dict[str, Any]] | None = None
+    policy_model = None
+    if "policy" in cfg.sources:
+        ctx.backend_config("policy")  # a clear error when no policy is configured, before anything is sent
+        policy_rows = asyncio.run(sample_policy(ctx, cfg))
+        policy_model = ctx.backend("policy").model
+    cands = candidate_solutions(ctx, cfg, policy_rows)
     sols, balanced = select_solutions(cands, cfg, ctx.config.seed)
     examples: list[PRMExample] = []
     judge_rows: dict[str, dict[str, Any]] = {}
     failures: Counter[str] = Counter()
-    missing = [src for src in cfg.sources if not ctx.store.is_done(src)]
+    missing = [src for src in cfg.sources if src != "policy" and not ctx.store.is_done(src)]
     if missing:
         log.warning("prm: no solutions from %s (those stages have not run in this run folder)", ", ".join(missing))
     summary: dict[str, Any] = {
+        "solution_source": list(cfg.sources),
+        "solution_model": sorted({s["model"] for s in sols if s.get("model")}),
+        "policy_model": policy_model,
         "sources_missing": missing,
         "candidates": len(cands), "solutions": len(sols), "balanced": balanced,
         "by_source": dict(Counter(s["source"] for s in sols)),
         "final_correct": sum(s["final_correct"] for s in sols),
         "final_incorrect": sum(not s["final_correct"] for s in sols),
         "steps": sum(len(s["steps"]) for s in sols),
+        "labeller_models": {},
     }
+    if policy_rows is not None:
+        summary["policy_samples"] = {"problems": len({r["problem_id"] for r in policy_rows}), "samples": len(policy_rows),
+                                     "verdicts": dict(Counter(r["verdict"] for r in policy_rows))}
+    failed_items = sum(r["verdict"] == "failed" for r in policy_rows or [])
     if "judge" in cfg.labellers:
-        judge_rows = {r["key"]: r for r in ctx.store.iter_partial(STAGE, "judgements") if r["reason"] != "request_failed"}
-        todo = [(s["id"], s["question"], s["steps"], s["final_correct"]) for s in sols if s["id"] not in judge_rows]
-        with ctx.store.writer(STAGE, "judgements") as w:
-            judge_rows.update(asyncio.run(judge_steps(
-                ctx.backend("judge"), todo, cfg, make_sampling(ctx, cfg.judge_sampling), on_result=w.write,
-                show_progress=ctx.show_progress, ctx=ctx)))
+        judge_model = ctx.backend("judge").model
+        step = judge_step([(s["id"], s["question"], s["steps"]) for s in sols], cfg, ctx.sampling(cfg.judge_sampling))
+        reader = asyncio.run(ctx.generate(STAGE, "judgements", step))
         for s in sols:
-            j = judge_rows.get(s["id"])
-            if j is None or not j["ok"]:
-                failures[(j or {}).get("reason") or "missing"] += 1
+            j = (reader.get(s["id"]) or [None])[0]
+            if j is None:
+                continue
+            judge_rows[s["id"]] = j
+            if not j["ok"]:
+                failures[j.get("reason") or "missing"] += 1
                 continue
             conf = j["confidence"] if any(c is not None for c in j["confidence"]) else None
-            examples.append(_example(s, [to_bool(x, cfg.neutral_as) for x in j["labels3"]], "judge", conf))
+            examples.append(_example(s, [to_bool(x, cfg.neutral_as) for x in j["labels3"]], "judge", conf,
+                                     j.get("judge") or judge_model))
+        reader.close()
+        failed_items += failures.get("request_failed", 0)
+        summary["labeller_models"]["judge"] = judge_model
         summary["judge"] = {
-            "model": ctx.backend("judge").model, "parse_failures": dict(failures),
+            "model": judge_model, "parse_failures": dict(failures),
             "parse_failure_rate": round(sum(failures.values()) / len(sols), 4) if sols else None,
             "labels3": dict(Counter(x for s in sols if (j := judge_rows.get(s["id"])) and j["ok"] for x in j["labels3"])),
         }
@@ -367,11 +441,17 @@ def run(ctx: Any) -> dict[str, Any]:
         mc_sols = sols if cfg.max_rollout_solutions is None else sols[: cfg.max_rollout_solutions]
         rolls = asyncio.run(_rollouts(ctx, cfg, mc_sols))
         n_mc = 0
+        models = set()
         for s in mc_sols:
             got = mc_labels(s, rolls, cfg)
             if got is not None:
-                examples.append(_example(s, got[0], "montecarlo", got[1]))
+                model = next((r.get("model") for (sid, _), r in rolls.items() if sid == s["id"]), None)
+                model = model or ctx.backend(rollout_role(s)).model
+                models.add(model)
+                examples.append(_example(s, got[0], "montecarlo", got[1], model))
                 n_mc += 1
+        failed_items += sum(not r["ok"] for r in rolls.values())
+        summary["labeller_models"]["montecarlo"] = ", ".join(sorted(models)) or None
         summary["montecarlo"] = {"solutions": n_mc, "rollouts_per_step": cfg.rollouts, "estimate": cfg.mc_estimate,
                                  "rollout_requests": sum(max(0, len(s["steps"]) - 1) for s in mc_sols if s["gold"])}
     for lab in cfg.labellers:
@@ -382,12 +462,15 @@ def run(ctx: Any) -> dict[str, Any]:
             solutions_with_error=sum(not all(e.labels) for e in rows))
     if {"judge", "montecarlo"} <= set(cfg.labellers):
         summary["judge_vs_montecarlo"] = compare_labellers(examples)
+    summary["failed_items"] = failed_items
     examples.sort(key=lambda e: e.id)
     judgements = [judge_rows[s["id"]] | {"solution_id": s["id"]} for s in sols if s["id"] in judge_rows]
     sol_ids = {s["id"] for s in sols}
     rollouts = sorted((r for k, r in rolls.items() if k[0] in sol_ids), key=lambda r: (r["solution_id"], r["step"]))
-    ctx.store.finish(STAGE, {"prm": [e.row() for e in examples], "judgements": judgements, "rollouts": rollouts},
-                     summary, started=t0)
+    outputs: dict[str, Any] = {"prm": [e.row() for e in examples], "judgements": judgements, "rollouts": rollouts}
+    if policy_rows is not None:
+        outputs["policy_solutions"] = policy_rows
+    ctx.store.finish(STAGE, outputs, summary, started=t0)
     return summary
 
 
@@ -463,7 +546,7 @@ def calibrate(
     gold_of: dict[tuple[str, tuple[str, ...], str], int] = {}
     for r in rows:
         gold_of.setdefault((r["instruction"], tuple(r["prefix"]), r["step"]), r["rating"])
-    items = [(str(i), r["instruction"], r["prefix"] + [r["step"]], None) for i, r in enumerate(rows)]
+    items = [(str(i), r["instruction"], r["prefix"] + [r["step"]]) for i, r in enumerate(rows)]
     judged = asyncio.run(judge_steps(backend, items, cfg, sampling, desc="calibrating", show_progress=show_progress))
     y_true, y_pred, true3, pred3, seq_true, seq_pred, preds = [], [], [], [], [], [], []
     failures: Counter[str] = Counter()

@@ -13,20 +13,23 @@ open-domain mix (any instruction/response set, e.g. dolly open_qa) is added at a
 from __future__ import annotations
 
 import asyncio
+import functools
 import random
 import time
-from typing import Any, Literal
+from collections import Counter
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import prompts
 from ..answers import extract_answer, split_steps
-from ..backends import Request, Sampling
+from ..backends import Request
 from ..errors import DataError
-from ..executors import Step, run_step
-from ..progress import Progress
 from ..records import Problem, SFTExample, Solution, Usage
 from ..seeds import expand_path, read_rows
+from ..store import GroupReader
+from ..types import StageContext, StepEnv, Step
 
 STAGE = "sft"
 
@@ -68,7 +71,6 @@ class Config(BaseModel):
     prompts: Prompts = Prompts()
     #: Solutions cut by the token limit count as dropped ("truncated") even if an answer was extracted.
     drop_truncated: bool = True
-    style: Literal["steps"] = "steps"
 
 
 def _prefix(cfg: Config, math: bool) -> list[dict[str, str]]:
@@ -99,25 +101,23 @@ def build_messages(problem: Problem, cfg: Config, _prefixes: dict[bool, list[dic
     return msgs
 
 
-def sampling_for(ctx: Any, cfg: Config, n: int) -> Sampling:
-    base = ctx.config.sampling.model_dump()
-    base.update(cfg.sampling)
-    return Sampling(
-        temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
-        stop=tuple(base.get("stop") or ()), seed=base.get("seed"),
-    )
+def prefixes(cfg: Config) -> dict[bool, list[dict[str, str]]]:
+    """The system + few-shot messages of both kinds (MATH, GSM8k), rendered once (and their prompt files read before
+    any request is sent)."""
+    return {math: _prefix(cfg, math) for math in (False, True)}
 
 
-async def solution_rows(env: Any, item: tuple[Problem, Any, bool, dict[str, Any]], res: Any) -> list[dict[str, Any]]:
-    """The Solution rows of one answered problem: ``item`` = (problem, gold, drop_truncated, sampling dict).
+async def solution_rows(env: StepEnv, item: tuple[Problem, Any], res: Any, drop_truncated: bool,
+                        sampling: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Solution rows of one answered problem; ``item`` = (problem, gold answer or None).
 
-    A generation step's row maker (:mod:`evolkit.executors`): it runs where the result arrives (this process, or a
-    Ray worker with its own answer checker)."""
-    p, gold, drop_truncated, sampling = item
+    A generation step's row maker: it runs where the result arrives (this process, or a Ray worker with its own
+    answer checker)."""
+    p, gold = item
     rows = []
     if not res.ok:
-        rows.append(Solution(problem_id=p.id, text="", verdict="failed", reason=res.error, model=env.model,
-                             sampling=sampling))
+        rows.append(Solution(problem_id=p.id, text="", verdict="failed", reason=f"request_failed: {res.error}",
+                             model=env.model, sampling=sampling))
     else:
         answers = [extract_answer(c.text) for c in res.completions]
         checks = await env.checker().acheck_many([(a, gold) for a in answers]) if gold is not None else None
@@ -143,41 +143,26 @@ async def solution_rows(env: Any, item: tuple[Problem, Any, bool, dict[str, Any]
 
 
 async def solve_problems(
-    ctx: Any, problems: list[Problem], cfg: Config, stage: str, name: str = "solutions", task: str = "solve",
-    desc: str = "solving", backend_role: str = "main", gold_of: Any = None,
-) -> list[dict[str, Any]]:
-    """Solve ``problems`` k times each, check answers, append Solution rows to ``stage/name``; resumable by problem id.
+    ctx: StageContext, problems: list[Problem], cfg: Config, stage: str, name: str = "solutions",
+    task: str = "solve", desc: str = "solving", backend_role: str = "main",
+    gold_of: Callable[[Problem], Any] | None = None,
+) -> GroupReader:
+    """Solve ``problems`` k times each (one request with n = k), check the answers; every problem's k Solution rows
+    are one record of ``stage/name``, keyed by problem id. Returns the reader of those records.
 
-    Returns all solution rows (earlier sessions' and this one's). ``gold_of(problem)`` gives the answer to check
-    against (default: the problem's gold answer; None leaves the verdict ``unchecked``).
-    """
-    store = ctx.store
-    # Done = has a row that is not a failure: failed requests are tried again on resume.
-    done = {r["problem_id"] for r in store.iter_partial(stage, name) if r["verdict"] != "failed"}
-    todo = [p for p in problems if p.id not in done]
-    sampling = sampling_for(ctx, cfg, cfg.k)
+    ``gold_of(problem)`` gives the answer to check against (default: the problem's gold answer; None leaves the
+    verdict ``unchecked``)."""
+    sampling = ctx.sampling(cfg.sampling, n=cfg.k)
     gold_of = gold_of or (lambda p: p.gold_answer)
-    sampling_d = sampling.as_dict()
-    golds = [gold_of(p) for p in todo]
-    prefixes: dict[bool, list[dict[str, str]]] = {}
-    reqs = [
-        Request(build_messages(p, cfg, prefixes), sampling, task=task, meta={"question": p.question, "gold": g})
-        for p, g in zip(todo, golds)
-    ]
-    step = Step(backend_role, reqs, [(p, g, cfg.drop_truncated, sampling_d) for p, g in zip(todo, golds)],
-                solution_rows)
-    with store.writer(stage, name) as w, Progress(len(todo), desc, enabled=ctx.show_progress) as bar:
-        async for _i, res, rows in run_step(ctx, step):
-            for r in rows:
-                w.write(r)
-            bar.update(1, failed=int(not res.ok))
-    order = {p.id: n for n, p in enumerate(problems)}
-    rows = [r for r in store.iter_partial(stage, name) if r["problem_id"] in order]
-    # Keep the last session's rows per problem (a failed item re-run replaces its failure), in seed order.
-    latest: dict[tuple[str, int], dict[str, Any]] = {}
-    for r in rows:
-        latest[(r["problem_id"], r["sample_index"])] = r
-    return sorted(latest.values(), key=lambda r: (order[r["problem_id"]], r["sample_index"]))
+    pre = prefixes(cfg)
+
+    def request(item: tuple[Problem, Any]) -> Request:
+        return Request(build_messages(item[0], cfg, pre), sampling, task=task)
+
+    step = Step(backend_role, [(p, gold_of(p)) for p in problems], key=lambda it: it[0].id, request=request,
+                make_rows=functools.partial(solution_rows, drop_truncated=cfg.drop_truncated,
+                                            sampling=sampling.as_dict()), desc=desc)
+    return await ctx.generate(stage, name, step)
 
 
 def load_open_domain(cfg: OpenDomainConfig, n: int, seed: int) -> list[SFTExample]:
@@ -209,70 +194,116 @@ def load_open_domain(cfg: OpenDomainConfig, n: int, seed: int) -> list[SFTExampl
     return out
 
 
-def sft_rows(problems: list[Problem], solutions: list[dict[str, Any]], cfg: Config) -> list[SFTExample]:
+def sft_example(p: Problem, s: dict[str, Any]) -> SFTExample:
+    """The SFT row of one correct solution (WizardMath Alpaca template + TRL prompt/completion columns)."""
     template = prompts.wizardmath_template("default")
-    by_problem: dict[str, Problem] = {p.id: p for p in problems}
-    kept: dict[str, int] = {}
-    out = []
-    for s in solutions:
-        if s["verdict"] != "correct":
-            continue
-        pid = s["problem_id"]
-        if kept.get(pid, 0) >= cfg.keep_per_problem:
-            continue
-        kept[pid] = kept.get(pid, 0) + 1
-        p = by_problem[pid]
-        text = s["text"].strip()
-        out.append(SFTExample(
-            id=f"{pid}:{s['sample_index']}", problem_id=pid, kind="math", source=p.source, instruction=p.question,
-            output=text, prompt=template.replace("{instruction}", p.question), completion=" " + text,
-            gold_answer=p.gold_answer, model=s.get("model"), round=p.round,
-        ))
-    return out
+    text = s["text"].strip()
+    return SFTExample(
+        id=f"{p.id}:{s['sample_index']}", problem_id=p.id, kind="math", source=p.source, instruction=p.question,
+        output=text, prompt=template.replace("{instruction}", p.question), completion=" " + text,
+        gold_answer=p.gold_answer, model=s.get("model"), round=p.round,
+    )
 
 
-def summarize(solutions: list[dict[str, Any]], problems: list[Problem]) -> dict[str, Any]:
-    verdicts: dict[str, int] = {}
-    reasons: dict[str, int] = {}
-    by_source: dict[str, dict[str, int]] = {}
-    src = {p.id: p.source for p in problems}
-    pt = ct = 0
-    for s in solutions:
-        verdicts[s["verdict"]] = verdicts.get(s["verdict"], 0) + 1
+def sft_rows(problems: Iterable[Problem], solutions_of: Callable[[str], list[dict[str, Any]]], cfg: Config
+             ) -> Iterable[SFTExample]:
+    """The SFT rows: up to ``keep_per_problem`` correct solutions per problem, in problem order."""
+    for p in problems:
+        kept = 0
+        for s in solutions_of(p.id):
+            if s["verdict"] == "correct" and kept < cfg.keep_per_problem:
+                kept += 1
+                yield sft_example(p, s)
+
+
+class StepsHistogram:
+    """Steps per solution, per source: ``{source: {"n", "mean", "hist": {"1": count, ...}}}`` (streamed)."""
+
+    def __init__(self) -> None:
+        self.hist: dict[str, Counter[int]] = {}
+
+    def add(self, source: str, steps: list[str] | None, text: str | None = None) -> None:
+        n = len(steps) if steps else len(split_steps(text)) if text else 0
+        self.hist.setdefault(source, Counter())[n] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {}
+        for src, c in sorted(self.hist.items()):
+            total = sum(c.values())
+            out[src] = {"n": total, "mean": round(sum(k * v for k, v in c.items()) / total, 3) if total else None,
+                        "hist": {str(k): c[k] for k in sorted(c)}}
+        return out
+
+
+class Tally:
+    """The sft summary's counts, accumulated row by row."""
+
+    def __init__(self) -> None:
+        self.samples = 0
+        self.verdicts: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()
+        self.by_source: dict[str, dict[str, int]] = {}
+        self.prompt_tokens = self.completion_tokens = 0
+        self.steps = StepsHistogram()
+
+    def add(self, s: dict[str, Any], source: str) -> None:
+        self.samples += 1
+        self.verdicts[s["verdict"]] += 1
         if s["verdict"] != "correct":
-            key = (s.get("reason") or s["verdict"]).split(":")[0]
-            reasons[key] = reasons.get(key, 0) + 1
-        d = by_source.setdefault(src.get(s["problem_id"], "?"), {"samples": 0, "correct": 0})
+            self.reasons[(s.get("reason") or s["verdict"]).split(":")[0]] += 1
+        d = self.by_source.setdefault(source, {"samples": 0, "correct": 0})
         d["samples"] += 1
         d["correct"] += s["verdict"] == "correct"
-        pt += (s.get("usage") or {}).get("prompt_tokens", 0)
-        ct += (s.get("usage") or {}).get("completion_tokens", 0)
-    return {"samples": len(solutions), "verdicts": verdicts, "drop_reasons": reasons, "by_source": by_source,
-            "tokens": {"prompt": pt, "completion": ct}}
+        usage = s.get("usage") or {}
+        self.prompt_tokens += usage.get("prompt_tokens", 0)
+        self.completion_tokens += usage.get("completion_tokens", 0)
+        if s["verdict"] != "failed":
+            self.steps.add(source, s.get("steps"), s.get("text"))
+
+    def summary(self) -> dict[str, Any]:
+        return {"samples": self.samples, "verdicts": dict(self.verdicts), "drop_reasons": dict(self.reasons),
+                "by_source": self.by_source, "tokens": {"prompt": self.prompt_tokens,
+                                                        "completion": self.completion_tokens},
+                "steps_per_solution": self.steps.as_dict(), "failed_items": self.verdicts.get("failed", 0)}
 
 
-def run(ctx: Any) -> dict[str, Any]:
+def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
     problems = ctx.seeds()
-    solutions = asyncio.run(solve_problems(ctx, problems, cfg, STAGE, desc="sft: solving seeds"))
-    math_rows = sft_rows(problems, solutions, cfg)
+    reader = asyncio.run(solve_problems(ctx, problems, cfg, STAGE, desc="sft: solving seeds"))
+    store = ctx.store
+    sols, sft, dropped = store.sink(STAGE, "solutions"), store.sink(STAGE, "sft"), store.sink(STAGE, "dropped")
+    tally = Tally()
+    kept = 0
+    with_kept: set[str] = set()
+    for p in problems:
+        group = reader.get(p.id) or []
+        n_kept = 0
+        for s in group:
+            sols.write(s)
+            tally.add(s, p.source)
+            if s["verdict"] != "correct":
+                dropped.write(s)
+            elif n_kept < cfg.keep_per_problem:
+                n_kept += 1
+                sft.write(sft_example(p, s).row())
+        kept += n_kept
+        if n_kept:
+            with_kept.add(p.id)
+    reader.close()
     od_rows: list[SFTExample] = []
     if cfg.open_domain is not None:
-        n_od = cfg.open_domain.n if cfg.open_domain.n is not None else round(cfg.open_domain.ratio * len(math_rows))
+        n_od = cfg.open_domain.n if cfg.open_domain.n is not None else round(cfg.open_domain.ratio * kept)
         od_rows = load_open_domain(cfg.open_domain, n_od, ctx.config.seed)
-    dropped = [s for s in solutions if s["verdict"] != "correct"]
-    summary = summarize(solutions, problems)
+    for r in od_rows:
+        sft.write(r.row())
+    summary = tally.summary()
     summary.update(
-        problems=len(problems), kept=len(math_rows), open_domain=len(od_rows), dropped=len(dropped),
-        problems_with_kept_solution=len({r.problem_id for r in math_rows}),
+        problems=len(problems), kept=kept, open_domain=len(od_rows), dropped=dropped.rows,
+        problems_with_kept_solution=len(with_kept),
         open_domain_source=(cfg.open_domain.name if od_rows else None),
         open_domain_license=(cfg.open_domain.license if od_rows else None),
     )
-    ctx.store.finish(
-        STAGE,
-        {"solutions": solutions, "sft": [r.row() for r in math_rows + od_rows], "dropped": dropped},
-        summary,
-        started=t0,
-    )
+    store.finish(STAGE, {"solutions": sols, "sft": sft, "dropped": dropped}, summary, started=t0)
     return summary
