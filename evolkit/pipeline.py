@@ -285,25 +285,28 @@ def run_stage(ctx: Context, name: str) -> dict[str, Any]:
     mod = importlib.import_module(f"evolkit.stages.{name}")
     t0 = time.time()
     counts = ctx.counts[name] = RequestCounts()
+
+    def check(stage: str) -> None:
+        if stage == name and counts.requests and counts.failed / counts.requests >= ctx.config.max_failed_share:
+            raise StageFailed(
+                f"{name}: {counts.failed} of {counts.requests} requests failed "
+                f"({', '.join(f'{k} x{v}' for k, v in counts.errors.items())}); e.g. {scrub_text(counts.example)}. "
+                f"Check the backend (endpoint, model name, key), then run again with --resume: only the failed items "
+                f"are sent again.")
+
+    store.before_finish = check
     try:
         summary = dict(mod.run(ctx) or {})
     except StageFailed as e:
         store.set_status(name, "failed", reason=str(e), requests=counts.as_dict())
         raise
+    finally:
+        store.before_finish = None
     info = store.stage_info(name)
     if info.get("status") != "done":
         raise RuntimeError(f"stage {name} returned without finishing its outputs")
     summary.setdefault("seconds", round(time.time() - t0, 2))
-    failed_items = summary_failed(summary, counts)
-    share = counts.failed / counts.requests if counts.requests else 0.0
-    store.set_status(name, "done", requests=counts.as_dict(), failed_items=failed_items)
-    if counts.requests and share >= ctx.config.max_failed_share:
-        msg = (f"{name}: {counts.failed} of {counts.requests} requests failed "
-               f"({', '.join(f'{k} x{v}' for k, v in counts.errors.items())}); e.g. {scrub_text(counts.example)}. "
-               f"Check the backend (endpoint, model name, key), then run again with --resume: only the failed items "
-               f"are sent again.")
-        store.set_status(name, "failed", reason=msg, requests=counts.as_dict())
-        raise StageFailed(msg)
+    store.set_status(name, "done", requests=counts.as_dict(), failed_items=summary_failed(summary, counts))
     return summary
 
 

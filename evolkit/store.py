@@ -181,6 +181,9 @@ class RunStore:
         self.root = Path(root)
         if create:
             self.root.mkdir(parents=True, exist_ok=True)
+        #: Called with the stage name before a stage's outputs are written (the pipeline refuses to finish a stage
+        #: whose requests failed: it raises, and nothing of that stage is written).
+        self.before_finish: Any = None
 
     # -- config and manifest ---------------------------------------------------------------------------------------
     @property
@@ -292,6 +295,8 @@ class RunStore:
         **fields: Any,
     ) -> None:
         """Write each output as Parquet (rows, or a :class:`ParquetSink` already written), then mark the stage done."""
+        if self.before_finish is not None:
+            self.before_finish(stage)
         files = {}
         for name, rows in outputs.items():
             if isinstance(rows, ParquetSink):
