@@ -79,6 +79,57 @@ def norm_id(value: Any) -> str:
     return s.strip().strip("[]()").upper()
 
 
+def irm_schema(ids: list[str], criteria: tuple[str, ...] = ("definition", "precision", "integrity")) -> dict[str, Any]:
+    """The JSON Schema of an IRM judge answer over the versions ``ids`` (structured output where the backend has it)."""
+    score = {"type": "integer", "minimum": 1, "maximum": 10}
+    per_version = {"type": "object", "properties": {c: score for c in criteria}, "required": list(criteria),
+                   "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {
+            "scores": {"type": "object", "properties": {i: per_version for i in ids}, "required": list(ids),
+                       "additionalProperties": False},
+            "ranking": {"type": "array", "items": {"type": "string", "enum": list(ids)}, "minItems": len(ids),
+                        "maxItems": len(ids)},
+        },
+        "required": ["scores", "ranking"],
+        "additionalProperties": False,
+    }
+
+
+def prm_schema(n_steps: int, allow_neutral: bool = True) -> dict[str, Any]:
+    """The JSON Schema of a PRM judge answer labelling ``n_steps`` steps."""
+    labels = ["correct", "incorrect"] + (["neutral"] if allow_neutral else [])
+    item = {"type": "object", "properties": {"step": {"type": "integer", "minimum": 1, "maximum": n_steps},
+                                             "label": {"type": "string", "enum": labels}},
+            "required": ["step", "label"], "additionalProperties": False}
+    return {"type": "object",
+            "properties": {"steps": {"type": "array", "items": item, "minItems": n_steps, "maxItems": n_steps}},
+            "required": ["steps"], "additionalProperties": False}
+
+
+def yes_no_schema() -> dict[str, Any]:
+    """The JSON Schema of a yes/no check (``{"answer": "yes"}``)."""
+    return {"type": "object", "properties": {"answer": {"type": "string", "enum": ["yes", "no"]}},
+            "required": ["answer"], "additionalProperties": False}
+
+
+def yes_no(text: str | None) -> bool | None:
+    """A yes/no reply, plain (``Yes.``) or structured (``{"answer": "no"}``); None when it is neither."""
+    t = (text or "").strip()
+    if t.startswith("{"):
+        try:
+            t = str(find_json_object(t).get("answer", ""))
+        except JudgeParseError:
+            return None
+    t = t.strip().strip("\"'.!*").lower()
+    if t.startswith("yes"):
+        return True
+    if t.startswith("no"):
+        return False
+    return None
+
+
 def to_bool(label3: str, neutral_as: str = "correct") -> bool:
     """A 3-way step label (correct / incorrect / neutral) as the boolean PRM label; neutral counts as ``neutral_as``."""
     return label3 == "correct" or (label3 == "neutral" and neutral_as == "correct")

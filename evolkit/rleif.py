@@ -56,6 +56,9 @@ class TrainStep(_Model):
     model_name_or_path: str | None = None
     #: More settings for the trainer's command line (``{max_steps: 2}`` -> ``--max_steps 2``).
     args: dict[str, Any] = {}
+    #: How to start it on several GPUs, e.g. ``[accelerate, launch, --config_file,
+    #: trainers/configs/deepspeed_zero3.yaml]`` (``-m trainers.<script> ...`` follows); empty: this Python.
+    launcher: list[str] = []
 
 
 class Train(_Model):
@@ -257,7 +260,7 @@ class Loop:
 
     def _train(self, script: str, step: TrainStep, dataset: Path, out: Path, model: str | None,
                extra: dict[str, Any] | None = None) -> str:
-        cmd = [sys.executable, "-m", f"trainers.{script}", "--config",
+        cmd = [*(step.launcher or [sys.executable]), "-m", f"trainers.{script}", "--config",
                str(trainer_config(step.config, f"train.{script}.config")), "--dataset_name", str(dataset),
                "--output_dir", str(out)]
         if model:
