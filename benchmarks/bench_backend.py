@@ -96,10 +96,10 @@ class _LazyRequests(Sequence):
         return Request(_messages(i), self.sampling)
 
 
-async def run_evolkit(url: str, n: int, concurrency: int) -> int:
+async def run_evolkit(url: str, n: int, concurrency: int, http_client: str = "auto") -> int:
     from evolkit.backends.openai import OpenAIBackend
 
-    be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency)
+    be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency, http_client=http_client)
     reqs = _LazyRequests(n)
     ok = 0
     async for _, res in be.stream(reqs):
@@ -132,17 +132,24 @@ async def run_plain(url: str, n: int, concurrency: int) -> int:
 
 def measure(impl: str, url: str, n: int, concurrency: int) -> dict[str, float]:
     """In this (fresh) process: import, then time the run; peak RSS covers the whole process."""
-    fn = run_evolkit if impl == "evolkit" else run_plain
     import openai  # noqa: F401  - imports are not part of the timing
 
-    if impl == "evolkit":
+    if impl == "plain":
+        coro = run_plain(url, n, concurrency)
+    else:
         import evolkit.backends.openai  # noqa: F401
+
+        if impl.endswith("aiohttp"):
+            import aiohttp  # noqa: F401
+        coro = run_evolkit(url, n, concurrency, http_client=impl.partition("-")[2] or "auto")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    ok = asyncio.run(fn(url, n, concurrency))
+    ok = asyncio.run(coro)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "n": n, "ok": ok, "wall_s": wall, "rps": n / wall, "peak_rss_mb": peak,
+    return {"impl": impl, "n": n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "rps": n / wall, "peak_rss_mb": peak,
             "rss_after_imports_mb": rss0}
 
 
@@ -154,15 +161,20 @@ def _measure_in_subprocess(impl: str, url: str, n: int, concurrency: int) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+CLIENTS = ["plain", "evolkit", "evolkit-lean", "evolkit-aiohttp", "evolkit-sdk"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[2000, 8000])
     ap.add_argument("--big", action="store_true", help="add N = 32000")
     ap.add_argument("--concurrency", type=int, default=128)
     ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best wall time is reported")
-    ap.add_argument("--clients", nargs="+", choices=["plain", "evolkit"], default=["plain", "evolkit"])
+    ap.add_argument("--clients", nargs="+", choices=CLIENTS, default=["plain", "evolkit"],
+                    help="evolkit: OpenAIBackend as configured by default (http_client auto); evolkit-X: with "
+                         "http_client X")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", choices=["evolkit", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=CLIENTS, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -189,16 +201,18 @@ def main() -> None:
         server.terminate()
         server.wait()
     cpus = os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    first = args.clients[0]
     print(f"\nOpenAI-compatible client overhead, instant local stub, concurrency {args.concurrency}, {cpus} CPUs, "
-          f"best of {args.repeat}")
-    print(f"{'N':>7} {'client':>8} {'wall s':>8} {'req/s':>8} {'peak RSS MB':>12} {'RSS after imports':>18} {'evolkit/plain':>14}")
+          f"best of {args.repeat}, load average at the end {load}")
+    print(f"{'N':>7} {'client':>16} {'wall s':>8} {'CPU s':>7} {'req/s':>8} {'peak RSS MB':>12} "
+          f"{'RSS after imports':>18} {'wall / ' + first:>22}")
     for n, cell in rows:
         for impl in args.clients:
             r = cell[impl]
-            both = len(cell) == 2
-            ratio = f"{cell['evolkit']['wall_s'] / cell['plain']['wall_s']:.2f}x" if impl == "evolkit" and both else ""
-            print(f"{n:>7} {impl:>8} {r['wall_s']:>8.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
-                  f"{r['rss_after_imports_mb']:>18.1f} {ratio:>14}")
+            ratio = f"{r['wall_s'] / cell[first]['wall_s']:.2f}x"
+            print(f"{n:>7} {impl:>16} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
+                  f"{r['rss_after_imports_mb']:>18.1f} {ratio:>22}")
 
 
 if __name__ == "__main__":

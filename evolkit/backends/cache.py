@@ -198,6 +198,10 @@ class CachedBackend(Backend):
             self.stats.add(res)
             yield i, res
 
+    @property
+    def supports_json_schema(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_json_schema
+
     def describe(self) -> dict:
         return self.inner.describe()
 
