@@ -48,7 +48,7 @@ def test_direct_and_sdk_clients_agree_under_every_fault(client: str) -> None:
         with FaultServer(plan=PLAN, hang_seconds=3, retry_after=0.1) as srv:
             be = _backend(srv.base_url, c)
             assert (be.endpoints[0].lean is not None) == (c == "lean")
-            assert (be.endpoints[0].direct is not None) == (c == "aiohttp")
+            assert (be.endpoints[0].aio is not None) == (c == "aiohttp")
             out[c] = _run(be, reqs)
             out[c + "-received"] = srv.received()
     direct, sdk = out[client], out["sdk"]

@@ -7,8 +7,16 @@
 * optional requests-per-minute and tokens-per-minute limits;
 * the HTTP client: plain ``http://`` endpoints (``vllm serve`` replicas and the like) are spoken to with evolkit's small
   keep-alive HTTP/1.1 client (:mod:`evolkit.backends._lean_http`, some 20x less CPU per request than the SDK's httpx
-  stack, which would otherwise be the bottleneck at thousands of requests per second); ``https://`` endpoints, proxied
-  ones and ``http_client="sdk"`` use the OpenAI SDK's client. Both give the same results, retries and errors;
+  stack, which would otherwise be the bottleneck at thousands of requests per second, and 2-3x less than aiohttp:
+  docs/performance.md); ``https://`` endpoints, proxied ones and ``http_client="sdk"`` use the OpenAI SDK's client,
+  and ``http_client="aiohttp"`` uses aiohttp for plain http endpoints. All give the same results, retries and errors
+  (except that a request sent on a keep-alive connection the server has just closed is re-sent at once by the lean
+  client, and counted as a failed attempt by the others);
+* structured output: a request's ``json_schema`` is sent as ``response_format`` (type ``json_schema``, see
+  :func:`response_format`). An endpoint that refuses it (400/422) gets the request once more without it, at once and
+  outside the retry budget; when that one is answered, the endpoint is remembered and gets no ``response_format``
+  from then on (a warning says so). llama.cpp's server honours ``response_format`` on chat requests only (raw requests
+  go to ``/completions``, where it reads its own ``json_schema`` field instead);
 * several base URLs: each request goes to the healthy endpoint with the fewest requests in flight; an endpoint that keeps
   failing is drained for a cool-down while its requests are retried elsewhere. After the cool-down it gets one probe
   request at a time until one succeeds; a failed probe drains it again for twice as long (up to 16 cool-downs). An
@@ -65,7 +73,7 @@ class _Endpoint:
     #: The lean HTTP client's connections (plain http endpoints); None: requests go through ``clients``.
     lean: Any = None
     #: aiohttp sessions (plain http endpoints); None: requests go through ``clients`` or ``lean``.
-    direct: Any = None
+    aio: Any = None
     in_flight: int = 0
     #: The endpoint answered a request with a ``response_format`` by 400/422 and the same request without it: its
     #: requests are sent without one from then on.
@@ -93,7 +101,7 @@ def _lean_ok(url: str, mode: str) -> bool:
     return bool(urllib.request.proxy_bypass(urlsplit(url).netloc))
 
 
-class _Direct:
+class _AiohttpPool:
     """aiohttp for one plain-http endpoint: one session (keep-alive pool) per event loop, since each stage runs its
     own loop and a session cannot outlive the loop it was made in. A session is closed when its loop shuts down
     (``asyncio.run`` cancels the task that owns it) or by :meth:`aclose`."""
@@ -226,7 +234,7 @@ class OpenAIBackend(Backend):
         self._key = key
         self._n_clients = n_clients
         if http_client not in ("auto", "lean", "aiohttp", "sdk"):
-            raise ValueError(f"http_client must be auto, aiohttp or sdk, not {http_client!r}")
+            raise ValueError(f"http_client must be auto, lean, aiohttp or sdk, not {http_client!r}")
         if http_client == "aiohttp":
             try:
                 import aiohttp  # noqa: F401
@@ -234,19 +242,17 @@ class OpenAIBackend(Backend):
                 raise RuntimeError("http_client 'aiohttp' needs aiohttp: pip install 'evolkit[aiohttp]'") from e
         self.request_timeout = request_timeout
         self.endpoints = []
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json",
+                   "Accept-Encoding": "gzip, deflate", "User-Agent": "evolkit"}
         for url in urls:
-            if url and http_client == "aiohttp" and _lean_ok(url, "lean"):
-                headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                           "Accept": "application/json", "Accept-Encoding": "gzip, deflate", "User-Agent": "evolkit"}
-                direct = _Direct(url, headers, self.max_concurrency, request_timeout)
-                self.endpoints.append(_Endpoint(url, [], direct=direct))
+            if url and http_client == "aiohttp" and url.startswith("http://"):
+                aio = _AiohttpPool(url, headers, self.max_concurrency, request_timeout)
+                self.endpoints.append(_Endpoint(url, [], aio=aio))
             elif url and _lean_ok(url, http_client):
                 from ._lean_http import LeanPool
 
-                lean = LeanPool(url, {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                                      "Accept": "application/json", "Accept-Encoding": "gzip, deflate",
-                                      "User-Agent": "evolkit"}, max_idle=self.max_concurrency)
                 # Its SDK client (only to phrase status errors exactly as the SDK does) is made when first needed.
+                lean = LeanPool(url, headers, max_idle=self.max_concurrency)
                 self.endpoints.append(_Endpoint(url, [], lean=lean))
             else:
                 self.endpoints.append(_Endpoint(url or "https://api.openai.com/v1", self._sdk_clients(url, n_clients)))
@@ -323,8 +329,8 @@ class OpenAIBackend(Backend):
         if self.extra_body:
             body.update(self.extra_body)
         path = "/completions" if req.raw else "/chat/completions"
-        if ep.direct is not None:
-            data = await self._direct_post(ep, path, body)
+        if ep.aio is not None:
+            data = await self._aiohttp_post(ep, path, body)
             return self._completions(data, req)
         if ep.lean is not None:
             data = await self._lean_post(ep, path, body)
@@ -384,7 +390,7 @@ class OpenAIBackend(Backend):
         except ValueError as e:  # malformed JSON body
             raise _Retryable(f"malformed response: {type(e).__name__}") from e
 
-    async def _direct_post(self, ep: _Endpoint, path: str, body: dict[str, Any]) -> Any:
+    async def _aiohttp_post(self, ep: _Endpoint, path: str, body: dict[str, Any]) -> Any:
         """One exchange through aiohttp, failures sorted exactly as :meth:`_call` sorts the SDK's."""
         import json
 
@@ -392,7 +398,7 @@ class OpenAIBackend(Backend):
 
         payload = json.dumps(body).encode()
         try:
-            async with ep.direct.session().post(ep.direct.url + path, data=payload) as resp:
+            async with ep.aio.session().post(ep.aio.url + path, data=payload) as resp:
                 status = resp.status
                 content = await resp.read()
                 headers = resp.headers
@@ -542,7 +548,7 @@ class OpenAIBackend(Backend):
         for ep in self.endpoints:
             if ep.lean is not None:
                 await ep.lean.aclose()
-            if ep.direct is not None:
-                await ep.direct.aclose()
+            if ep.aio is not None:
+                await ep.aio.aclose()
             for client in ep.clients:
                 await client.close()
