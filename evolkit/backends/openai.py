@@ -470,8 +470,8 @@ class OpenAIBackend(Backend):
         #: outside the retry budget (at most two per endpoint, so a request that fails everywhere still ends).
         free = 0
         attempt = 1
-        #: The endpoint that refused this request's response_format (then it is sent without one).
-        refused_by: _Endpoint | None = None
+        #: The endpoints that refused this request's response_format (they get the request without one).
+        refused_by: list[_Endpoint] = []
         refusal = ""
         while attempt <= self.max_retries + 1:
             if self._rpm:
@@ -481,14 +481,14 @@ class OpenAIBackend(Backend):
             ep = self._pick()
             ep.in_flight += 1
             sent += 1
-            schema = req.json_schema is not None and refused_by is None and not ep.no_response_format
+            schema = req.json_schema is not None and ep not in refused_by and not ep.no_response_format
             try:
                 comps = await self._call(ep, req, slot, schema)
                 self._mark(ep, True)
-                if refused_by is not None and not refused_by.no_response_format:
-                    refused_by.no_response_format = True
+                if ep in refused_by and not ep.no_response_format:
+                    ep.no_response_format = True
                     log.warning("%s refused response_format (%s) and answered without it: its requests are sent "
-                                "without a JSON schema from now on", refused_by.url, refusal)
+                                "without a JSON schema from now on", ep.url, refusal)
                 return Result(comps, attempts=sent)
             except _Retryable as e:
                 last = e.reason
@@ -505,9 +505,11 @@ class OpenAIBackend(Backend):
                 await asyncio.sleep(delay)
             except Exception as e:  # a non-retryable error of this request alone
                 if schema and getattr(e, "status_code", None) in (400, 422):
-                    # Perhaps the server does not take response_format: the same request once more without it,
-                    # at once and outside the retry budget; if that one is answered, the endpoint is remembered.
-                    refused_by, refusal = ep, f"{type(e).__name__}: {str(e)[:200]}"
+                    # Perhaps the server does not take response_format: the same request once more, at once and
+                    # outside the retry budget, without it if it goes to the same endpoint; if that endpoint answers
+                    # it then, the endpoint is remembered.
+                    refused_by.append(ep)
+                    refusal = f"{type(e).__name__}: {str(e)[:200]}"
                     continue
                 return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=sent)
             finally:
