@@ -1,17 +1,22 @@
-"""Client overhead of evolkit's OpenAIBackend vs a plain AsyncOpenAI loop, against an instant local server.
+"""Client overhead of evolkit's OpenAIBackend (with each of its HTTP clients) vs a plain AsyncOpenAI loop, against an
+instant local server.
 
 The server is a raw asyncio HTTP/1.1 stub (keep-alive, one fixed chat completion) in its own process, so the figures
 measure the clients. Each measurement runs in a fresh subprocess so that peak RSS (``ru_maxrss``) of one does not mix
-with another's. Both clients send N requests with at most ``--concurrency`` in flight:
+with another's; CPU s is the client process's user + system time during the run. Every client sends N requests with
+at most ``--concurrency`` in flight:
 
-* ``evolkit``: ``OpenAIBackend(...).stream(requests)`` (retries, accounting, endpoint choice included);
+* ``evolkit``: ``OpenAIBackend(...).stream(requests)`` as configured by default (retries, accounting, endpoint choice
+  included); ``evolkit-lean`` / ``evolkit-aiohttp`` / ``evolkit-sdk``: the same with ``http_client`` lean (evolkit's
+  HTTP/1.1 client, the default for plain http URLs), aiohttp or sdk (the OpenAI SDK's httpx client);
 * ``plain``: ``AsyncOpenAI`` with an ``asyncio.Semaphore`` and one task per request (``asyncio.gather``), the usual loop.
 
-Both build each request's messages when they send it, so the input list is not counted as client memory.
+All build each request's messages when they send it, so the input list is not counted as client memory.
 
 Usage: python benchmarks/bench_backend.py [--n 2000 8000] [--big] [--concurrency 128] [--repeat 1]
-                                          [--clients plain evolkit]
-Targets: evolkit's wall time within 1.2x of the plain loop's; its peak RSS flat in N.
+                                          [--clients plain evolkit evolkit-lean evolkit-aiohttp evolkit-sdk]
+Targets: evolkit's wall time within 1.2x of the plain loop's; its peak RSS flat in N. The last column is each
+client's wall time over the first client's.
 """
 
 from __future__ import annotations
@@ -96,10 +101,10 @@ class _LazyRequests(Sequence):
         return Request(_messages(i), self.sampling)
 
 
-async def run_evolkit(url: str, n: int, concurrency: int) -> int:
+async def run_evolkit(url: str, n: int, concurrency: int, http_client: str = "auto") -> int:
     from evolkit.backends.openai import OpenAIBackend
 
-    be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency)
+    be = OpenAIBackend("bench", base_url=url, api_key="bench", max_concurrency=concurrency, http_client=http_client)
     reqs = _LazyRequests(n)
     ok = 0
     async for _, res in be.stream(reqs):
@@ -132,17 +137,24 @@ async def run_plain(url: str, n: int, concurrency: int) -> int:
 
 def measure(impl: str, url: str, n: int, concurrency: int) -> dict[str, float]:
     """In this (fresh) process: import, then time the run; peak RSS covers the whole process."""
-    fn = run_evolkit if impl == "evolkit" else run_plain
     import openai  # noqa: F401  - imports are not part of the timing
 
-    if impl == "evolkit":
+    if impl == "plain":
+        coro = run_plain(url, n, concurrency)
+    else:
         import evolkit.backends.openai  # noqa: F401
+
+        if impl.endswith("aiohttp"):
+            import aiohttp  # noqa: F401
+        coro = run_evolkit(url, n, concurrency, http_client=impl.partition("-")[2] or "auto")
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cpu0 = time.process_time()
     t0 = time.perf_counter()
-    ok = asyncio.run(fn(url, n, concurrency))
+    ok = asyncio.run(coro)
     wall = time.perf_counter() - t0
+    cpu = time.process_time() - cpu0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"impl": impl, "n": n, "ok": ok, "wall_s": wall, "rps": n / wall, "peak_rss_mb": peak,
+    return {"impl": impl, "n": n, "ok": ok, "wall_s": wall, "cpu_s": cpu, "rps": n / wall, "peak_rss_mb": peak,
             "rss_after_imports_mb": rss0}
 
 
@@ -154,15 +166,20 @@ def _measure_in_subprocess(impl: str, url: str, n: int, concurrency: int) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+CLIENTS = ["plain", "evolkit", "evolkit-lean", "evolkit-aiohttp", "evolkit-sdk"]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, nargs="+", default=[2000, 8000])
     ap.add_argument("--big", action="store_true", help="add N = 32000")
     ap.add_argument("--concurrency", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best wall time is reported")
-    ap.add_argument("--clients", nargs="+", choices=["plain", "evolkit"], default=["plain", "evolkit"])
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell; the best wall and CPU times are reported")
+    ap.add_argument("--clients", nargs="+", choices=CLIENTS, default=["plain", "evolkit"],
+                    help="evolkit: OpenAIBackend as configured by default (http_client auto); evolkit-X: with "
+                         "http_client X")
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--measure", choices=["evolkit", "plain"], help=argparse.SUPPRESS)
+    ap.add_argument("--measure", choices=CLIENTS, help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.serve:
@@ -178,9 +195,13 @@ def main() -> None:
         _measure_in_subprocess("plain", url, 200, args.concurrency)  # warm up the server and the page cache
         for n in ns:
             cell = {}
-            for impl in args.clients:
-                runs = [_measure_in_subprocess(impl, url, n, args.concurrency) for _ in range(args.repeat)]
+            runs_of: dict[str, list[dict[str, float]]] = {impl: [] for impl in args.clients}
+            for _ in range(args.repeat):  # the clients take turns, so a change in the machine's load hits them alike
+                for impl in args.clients:
+                    runs_of[impl].append(_measure_in_subprocess(impl, url, n, args.concurrency))
+            for impl, runs in runs_of.items():
                 best = min(runs, key=lambda r: r["wall_s"])
+                best["cpu_s"] = min(r["cpu_s"] for r in runs)
                 best["peak_rss_mb"] = max(r["peak_rss_mb"] for r in runs)
                 cell[impl] = best
                 assert best["ok"] == n, f"{impl}: only {best['ok']} of {n} requests succeeded"
@@ -189,16 +210,18 @@ def main() -> None:
         server.terminate()
         server.wait()
     cpus = os.cpu_count()
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    first = args.clients[0]
     print(f"\nOpenAI-compatible client overhead, instant local stub, concurrency {args.concurrency}, {cpus} CPUs, "
-          f"best of {args.repeat}")
-    print(f"{'N':>7} {'client':>8} {'wall s':>8} {'req/s':>8} {'peak RSS MB':>12} {'RSS after imports':>18} {'evolkit/plain':>14}")
+          f"best of {args.repeat}, load average at the end {load}")
+    print(f"{'N':>7} {'client':>16} {'wall s':>8} {'CPU s':>7} {'req/s':>8} {'peak RSS MB':>12} "
+          f"{'RSS after imports':>18} {'wall / ' + first:>22}")
     for n, cell in rows:
         for impl in args.clients:
             r = cell[impl]
-            both = len(cell) == 2
-            ratio = f"{cell['evolkit']['wall_s'] / cell['plain']['wall_s']:.2f}x" if impl == "evolkit" and both else ""
-            print(f"{n:>7} {impl:>8} {r['wall_s']:>8.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
-                  f"{r['rss_after_imports_mb']:>18.1f} {ratio:>14}")
+            ratio = f"{r['wall_s'] / cell[first]['wall_s']:.2f}x"
+            print(f"{n:>7} {impl:>16} {r['wall_s']:>8.2f} {r['cpu_s']:>7.2f} {r['rps']:>8.0f} {r['peak_rss_mb']:>12.1f} "
+                  f"{r['rss_after_imports_mb']:>18.1f} {ratio:>22}")
 
 
 if __name__ == "__main__":

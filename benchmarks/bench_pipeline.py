@@ -172,6 +172,10 @@ async def _evolkit_sdk_loop(url: str, n: int, concurrency: int) -> int:
     return await _evolkit_loop(url, n, concurrency, http_client="sdk")
 
 
+async def _evolkit_aiohttp_loop(url: str, n: int, concurrency: int) -> int:
+    return await _evolkit_loop(url, n, concurrency, http_client="aiohttp")
+
+
 async def _evolkit_loop(url: str, n: int, concurrency: int, http_client: str = "auto") -> int:
     from evolkit.backends import Request, Sampling
     from evolkit.backends.openai import OpenAIBackend
@@ -233,13 +237,16 @@ async def _socket_loop(url: str, n: int, concurrency: int) -> int:
     return ok
 
 
-CLIENTS = {"evolkit": "_evolkit_loop", "evolkit-sdk": "_evolkit_sdk_loop", "plain": "_plain_loop",
-           "sockets": "_socket_loop"}
+CLIENTS = {"evolkit": "_evolkit_loop", "evolkit-aiohttp": "_evolkit_aiohttp_loop", "evolkit-sdk": "_evolkit_sdk_loop",
+           "plain": "_plain_loop", "sockets": "_socket_loop"}
 
 
 def measure_latency(impl: str, url: str, n: int, concurrency: int) -> dict:
     import evolkit.backends.openai  # noqa: F401  (imports outside the timing)
     import openai  # noqa: F401
+
+    if impl == "evolkit-aiohttp":
+        import aiohttp  # noqa: F401
 
     fn = globals()[CLIENTS[impl]]
     with TreeRSS() as mem:
@@ -514,7 +521,8 @@ def main() -> None:
     ap.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--smart", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clients", nargs="+", choices=list(CLIENTS), default=["evolkit", "sockets", "plain"],
-                    help="latency: clients to compare (evolkit-sdk: OpenAIBackend with http_client=sdk; sockets: raw "
+                    help="latency: clients to compare (evolkit-sdk / evolkit-aiohttp: OpenAIBackend with http_client sdk / "
+                         "aiohttp; sockets: raw "
                          "keep-alive sockets, no HTTP library, the floor)")
     ap.add_argument("--measure-latency", choices=list(CLIENTS), help=argparse.SUPPRESS)
     ap.add_argument("--measure-evolve", action="store_true", help=argparse.SUPPRESS)

@@ -13,10 +13,13 @@ fault kind or None, so a test knows in advance which prompt fails how often. Kin
 * ``"cut"``: sends the status line, headers and part of the body, then closes the socket;
 * ``"malformed"``: status 200 with a body that is not JSON;
 * ``"badshape"``: status 200 with JSON that is not a chat completion;
-* ``"401"``: status 401 whose error message quotes the request's API key (as some servers do).
+* ``"401"``: status 401 whose error message quotes the request's API key (as some servers do);
+* ``"400"``: status 400 ("prompt too long"): a request the server will never take.
 
 The prompt key is the content of the last user message. Every request is logged (:attr:`FaultServer.log`) with its key,
-attempt number, arrival time and fault, and whether a normal answer was delivered (``answered``).
+attempt number, arrival time and fault, the ``response_format`` it asked for, and whether a normal answer was delivered
+(``answered``). ``refuse_response_format=True`` makes the server answer every request that has a ``response_format``
+with status 400, as servers without structured output do.
 
 ``hold_after(m)`` makes the server answer ``m`` more requests and hold every later one unanswered until
 ``release()``, which closes the held connections without an answer: a test can then kill a client at a point where
@@ -118,6 +121,7 @@ class LogEntry:
     fault: str | None
     answered: bool = False
     held: bool = False
+    response_format: Any = None
 
 
 _REASONS = {200: "OK", 401: "Unauthorized", 404: "Not Found", 400: "Bad Request", 429: "Too Many Requests", 500: "Internal Server Error"}
@@ -134,8 +138,10 @@ class FaultServer:
         model: str = "fault-model",
         host: str = "127.0.0.1",
         port: int = 0,
+        refuse_response_format: bool = False,
     ):
         self.plan = plan or (lambda key, attempt: None)
+        self.refuse_response_format = refuse_response_format
         self.reply = reply
         self.latency = latency
         self.hang_seconds = hang_seconds
@@ -322,7 +328,7 @@ class FaultServer:
             self._attempts[key] += 1
             attempt = self._attempts[key]
             fault = self.plan(key, attempt)
-            entry = LogEntry(key, attempt, time.monotonic(), fault)
+            entry = LogEntry(key, attempt, time.monotonic(), fault, response_format=req.get("response_format"))
             self.log.append(entry)
             self.headers_seen.append(headers)
             hold = False
@@ -331,6 +337,11 @@ class FaultServer:
                     self._hold_budget -= 1
                 else:
                     hold = entry.held = True
+        if self.refuse_response_format and "response_format" in req:
+            await self._send(writer, 400, json.dumps({"error": {
+                "message": "Unrecognized request argument supplied: response_format",
+                "type": "invalid_request_error"}}).encode())
+            return True
         if hold:
             assert self._release is not None
             await self._release.wait()
@@ -345,6 +356,9 @@ class FaultServer:
             token = headers.get("authorization", "").removeprefix("Bearer ").strip()
             msg = json.dumps({"error": {"message": f"Incorrect API key provided: {token}", "type": "invalid_request_error"}})
             await self._send(writer, 401, msg.encode())
+            return True
+        if fault == "400":
+            await self._send(writer, 400, b'{"error":{"message":"prompt too long","type":"invalid_request_error"}}')
             return True
         if fault == "500":
             await self._send(writer, 500, b'{"error":{"message":"internal error","type":"server_error"}}')

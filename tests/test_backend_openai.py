@@ -7,6 +7,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from evolkit.backends import Request, Sampling
@@ -65,6 +66,42 @@ def test_sixteen_concurrent_requests_all_complete(llama_server) -> None:
         r.error for _, r in got if not r.ok
     ]
     assert be.stats.failed == 0 and be.stats.requests == 16
+
+
+# Step labels of a solution, the shape a PRM judge answers in (bounded, so that a short answer can be complete).
+LABELS = {
+    "title": "step_labels",
+    "type": "object",
+    "properties": {
+        "steps": {"type": "array", "minItems": 1, "maxItems": 3, "items": {
+            "type": "object",
+            "properties": {"step": {"type": "integer"}, "correct": {"type": "boolean"}},
+            "required": ["step", "correct"], "additionalProperties": False}},
+        "answer": {"type": "integer"},
+    },
+    "required": ["steps", "answer"],
+    "additionalProperties": False,
+}
+JUDGE = ("Solution: Step 1: Tom has 3 apples. Step 2: 3 + 4 = 8. The answer is 8.\n"
+         "Say for each step whether it is correct, and give the right answer, as JSON.")
+
+
+def test_json_schema_gives_json_that_follows_it(llama_server) -> None:
+    be = _backend(llama_server, max_concurrency=4)
+    assert be.supports_json_schema
+    reqs = [Request([{"role": "user", "content": f"{QUESTION}\n{JUDGE}"}], Sampling(temperature=0.8, max_tokens=96,
+                                                                                     n=2, seed=i), json_schema=LABELS)
+            for i in range(3)]
+    got = asyncio.run(_run(be, reqs))
+    assert sorted(i for i, _ in got) == [0, 1, 2]
+    texts = []
+    for _, res in got:
+        assert res.ok and res.attempts == 1, res.error
+        texts += [c.text for c in res.completions if c.finish_reason == "stop"]
+    assert len(texts) >= 5, "answers cut off by the token limit"
+    for text in texts:
+        jsonschema.validate(json.loads(text), LABELS)  # raises on text that is not JSON or does not follow the schema
+    assert not be.endpoints[0].no_response_format  # llama.cpp's server takes response_format
 
 
 def test_sft_stage_end_to_end_via_cli(llama_server, tmp_path: Path) -> None:

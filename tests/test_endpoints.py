@@ -8,6 +8,8 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from evolkit.backends import Request, Sampling
@@ -46,13 +48,40 @@ def test_load_is_spread_by_in_flight_count() -> None:
     assert min(na, nb) >= 60, (na, nb)  # equal replicas share the load (exactly half is not guaranteed)
 
 
-def _kill_one_replica_mid_run(drain_seconds: float, n: int = 400) -> None:
+@dataclass
+class _Attempt:
+    start: float
+    end: float = 0.0
+    probe: bool = False  # sent while the endpoint was suspect: drained before and not yet proven healthy
+    ok: bool = False
+
+
+def _kill_one_replica_mid_run(drain_seconds: float, n: int = 400) -> tuple[OpenAIBackend, list[_Attempt]]:
+    """Runs ``n`` requests over a victim replica and a survivor, SIGKILLs the victim after a quarter of them; returns
+    the backend and the attempts sent to the victim."""
     victim, victim_url = _replica(latency=0.02)
     try:
         with FaultServer(latency=0.02) as survivor:
             be = OpenAIBackend("m", base_url=[victim_url, survivor.base_url], max_concurrency=32, request_timeout=10,
                                max_retries=6, backoff_base=0.01, backoff_max=0.1, drain_seconds=drain_seconds)
             killed_at: list[int] = []
+            # Every attempt on the victim, timed (the backend's own _call, observed, not replaced).
+            to_victim: list[_Attempt] = []
+            call = be._call
+
+            async def observed_call(ep, req, slot=0, schema=False):
+                if ep is not be.endpoints[0]:
+                    return await call(ep, req, slot, schema)
+                a = _Attempt(time.monotonic(), probe=ep.suspect)
+                to_victim.append(a)
+                try:
+                    out = await call(ep, req, slot, schema)
+                    a.ok = True
+                    return out
+                finally:
+                    a.end = time.monotonic()
+
+            be._call = observed_call  # type: ignore[method-assign]
 
             async def go() -> list:
                 got = []
@@ -82,13 +111,29 @@ def _kill_one_replica_mid_run(drain_seconds: float, n: int = 400) -> None:
     assert set(answered.values()) == {1}
     victim_ep = be.endpoints[0]
     assert victim_ep.in_flight == 0 and be.endpoints[1].in_flight == 0
+    return be, to_victim
 
 
 def test_killed_replica_is_drained_without_losing_requests() -> None:
-    _kill_one_replica_mid_run(drain_seconds=30.0)
+    be, to_victim = _kill_one_replica_mid_run(drain_seconds=30.0)
+    # Drained once after the kill and never probed within the 30 s cool-down.
+    assert be.endpoints[0].suspect and be.endpoints[0].cooldown == 30.0
+    assert not any(a.probe for a in to_victim)
 
 
-def test_killed_replica_probed_again_after_cool_down_loses_nothing() -> None:
-    # A short cool-down: the dead replica comes back into rotation several times during the run and must be drained
-    # again each time without any request running out of attempts.
-    _kill_one_replica_mid_run(drain_seconds=0.05, n=600)
+def test_killed_replica_is_probed_one_request_at_a_time_after_each_cool_down() -> None:
+    # A short cool-down: the dead replica comes back into rotation several times during the run. Each time it gets one
+    # probe request (never two at once), the failed probe drains it again for twice as long, and no request runs out
+    # of attempts.
+    drain = 0.05
+    be, to_victim = _kill_one_replica_mid_run(drain_seconds=drain, n=600)
+    probes = [a for a in to_victim if a.probe]
+    assert probes, "the dead replica was never probed after its cool-down"
+    assert not any(p.ok for p in probes)  # it is dead: every probe failed
+    for a, b in zip(probes, probes[1:]):
+        assert b.start >= a.end, "two probes in flight at once"
+        assert b.start - a.end >= drain * 0.9, (a, b)  # a failed probe drains the replica again before the next
+    # Each failed probe doubled the cool-down (up to 16 times the configured one). (A request sent before the drain
+    # that fails after the cool-down has ended counts as a failed probe too, hence >=.)
+    assert be.endpoints[0].cooldown >= min(drain * 2 ** len(probes), 16 * drain)
+    assert be.endpoints[0].cooldown <= 16 * drain

@@ -52,6 +52,13 @@ class Request:
     #: WizardMath Alpaca template or few-shot ``Q: ... A:`` prompts). transformers/vllm tokenize the text as is (with
     #: the tokenizer's BOS), the OpenAI backend calls ``/v1/completions``.
     raw: bool = False
+    #: Structured output: a JSON Schema (a dict) the answer must follow. Backends whose ``supports_json_schema`` is
+    #: true constrain generation to it (OpenAI-compatible servers through ``response_format``, vLLM through structured
+    #: outputs); the others ignore it and answer freely, so readers still parse answers tolerantly. The schema's
+    #: ``title`` (letters, digits, ``_``, ``-``) names it where a server wants a name. For OpenAI's strict mode every
+    #: object in it lists all its properties in ``required`` and sets ``additionalProperties: false``. Part of the cache
+    #: key only when set.
+    json_schema: dict[str, Any] | None = None
 
     def prompt_text(self) -> str:
         """The plain-text prompt of a raw request: the messages' contents, concatenated (normally there is one)."""
@@ -61,6 +68,8 @@ class Request:
         parts: list[Any] = [model, self.messages, self.sampling.as_dict(), self.sample_offset]
         if self.raw:  # only when set, so chat requests keep the keys they always had
             parts.append("raw")
+        if self.json_schema is not None:  # likewise: requests without a schema keep their keys
+            parts.append({"json_schema": self.json_schema})
         payload = json.dumps(parts, sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(payload.encode()).hexdigest()
 
@@ -121,6 +130,8 @@ class Backend(abc.ABC):
     """Subclasses implement :meth:`stream`; :meth:`generate` and :meth:`run` are conveniences over it."""
 
     model: str = ""
+    #: Whether :attr:`Request.json_schema` constrains this backend's answers (otherwise it is ignored).
+    supports_json_schema: bool = False
 
     def __init__(self) -> None:
         self.stats = Stats()

@@ -292,6 +292,10 @@ class CachedBackend(Backend):
             self.stats.add(res)
             yield i, res, rows
 
+    @property
+    def supports_json_schema(self) -> bool:  # type: ignore[override]
+        return self.inner.supports_json_schema
+
     def describe(self) -> dict:
         return self.inner.describe()
 

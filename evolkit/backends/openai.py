@@ -7,8 +7,16 @@
 * optional requests-per-minute and tokens-per-minute limits;
 * the HTTP client: plain ``http://`` endpoints (``vllm serve`` replicas and the like) are spoken to with evolkit's small
   keep-alive HTTP/1.1 client (:mod:`evolkit.backends._lean_http`, some 20x less CPU per request than the SDK's httpx
-  stack, which would otherwise be the bottleneck at thousands of requests per second); ``https://`` endpoints, proxied
-  ones and ``http_client="sdk"`` use the OpenAI SDK's client. Both give the same results, retries and errors;
+  stack, which would otherwise be the bottleneck at thousands of requests per second, and 2-3x less than aiohttp:
+  docs/performance.md); ``https://`` endpoints, proxied ones and ``http_client="sdk"`` use the OpenAI SDK's client,
+  and ``http_client="aiohttp"`` uses aiohttp for plain http endpoints. All give the same results, retries and errors
+  (except that a request sent on a keep-alive connection the server has just closed is re-sent at once by the lean
+  client, and counted as a failed attempt by the others);
+* structured output: a request's ``json_schema`` is sent as ``response_format`` (type ``json_schema``, see
+  :func:`response_format`). An endpoint that refuses it (400/422) gets the request once more without it, at once and
+  outside the retry budget; when that one is answered, the endpoint is remembered and gets no ``response_format``
+  from then on (a warning says so). llama.cpp's server honours ``response_format`` on chat requests only (raw requests
+  go to ``/completions``, where it reads its own ``json_schema`` field instead);
 * several base URLs: each request goes to the healthy endpoint with the fewest requests in flight; an endpoint that keeps
   failing is drained for a cool-down while its requests are retried elsewhere. After the cool-down it gets one probe
   request at a time until one succeeds; a failed probe drains it again for twice as long (up to 16 cool-downs). An
@@ -21,8 +29,10 @@ A request that still fails after its retries becomes ``Result(error=...)`` for t
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -30,6 +40,7 @@ from typing import Any
 
 from .base import Backend, Completion, Request, Result
 
+log = logging.getLogger("evolkit.backends.openai")
 
 class _Bucket:
     """A token bucket refilled continuously: ``rate`` units per minute."""
@@ -61,7 +72,12 @@ class _Endpoint:
     clients: list[Any]
     #: The lean HTTP client's connections (plain http endpoints); None: requests go through ``clients``.
     lean: Any = None
+    #: aiohttp sessions (plain http endpoints); None: requests go through ``clients`` or ``lean``.
+    aio: Any = None
     in_flight: int = 0
+    #: The endpoint answered a request with a ``response_format`` by 400/422 and the same request without it: its
+    #: requests are sent without one from then on.
+    no_response_format: bool = False
     consecutive_failures: int = 0
     down_until: float = 0.0
     #: Drained before and not yet proven healthy again: at most one request (a probe) at a time.
@@ -85,6 +101,80 @@ def _lean_ok(url: str, mode: str) -> bool:
     return bool(urllib.request.proxy_bypass(urlsplit(url).netloc))
 
 
+class _AiohttpPool:
+    """aiohttp for one plain-http endpoint: one session (keep-alive pool) per event loop, since each stage runs its
+    own loop and a session cannot outlive the loop it was made in. A session is closed when its loop shuts down
+    (``asyncio.run`` cancels the task that owns it) or by :meth:`aclose`."""
+
+    def __init__(self, url: str, headers: dict[str, str], limit: int, timeout: float):
+        self.url = url.rstrip("/")
+        self.headers = headers
+        self.limit = limit
+        self.timeout = timeout
+        self._session: Any = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._owner: asyncio.Task | None = None
+
+    def session(self) -> Any:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._session is None or self._session.closed:
+            import aiohttp
+
+            # keepalive_timeout 4 s: an idle connection is dropped before servers with the usual 5 s keep-alive
+            # (uvicorn, so ``vllm serve``; llama.cpp's server) close it, so a request is rarely sent on a stale one.
+            connector = aiohttp.TCPConnector(limit=self.limit, keepalive_timeout=4.0)
+            self._session = aiohttp.ClientSession(
+                connector=connector, headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout),
+                skip_auto_headers=("User-Agent",),
+            )
+            self._loop = loop
+            self._owner = loop.create_task(self._own(self._session))
+        return self._session
+
+    @staticmethod
+    async def _own(session: Any) -> None:
+        try:
+            await asyncio.get_running_loop().create_future()  # until the loop shuts down or aclose
+        finally:
+            await session.close()
+
+    async def aclose(self) -> None:
+        owner, self._owner = self._owner, None
+        if owner is not None and self._loop is asyncio.get_running_loop() and not owner.done():
+            owner.cancel()
+            await asyncio.gather(owner, return_exceptions=True)
+        self._session = None
+        self._loop = None
+
+
+def response_format(schema: dict[str, Any]) -> dict[str, Any]:
+    """The ``response_format`` that asks an OpenAI-compatible server for JSON following ``schema`` (OpenAI, ``vllm
+    serve`` and llama.cpp's server read this form). Strict mode (OpenAI) only where the schema allows it."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", str(schema.get("title") or "answer")).strip("_")[:64] or "answer"
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema, "strict": _strict_ok(schema)}}
+
+
+def _strict_ok(schema: Any) -> bool:
+    """Whether OpenAI's strict mode accepts ``schema``: every object sets ``additionalProperties: false`` and requires
+    all its properties (a schema that breaks this is sent with ``strict: false`` rather than rejected)."""
+    if not isinstance(schema, dict):
+        return True
+    props = schema.get("properties")
+    if schema.get("type") == "object" or isinstance(props, dict):
+        if schema.get("additionalProperties") is not False:
+            return False
+        if set(props or {}) != set(schema.get("required") or []):
+            return False
+    subs: list[Any] = list((props or {}).values()) if isinstance(props, dict) else []
+    for key in ("items", "not", "additionalProperties"):
+        subs.append(schema.get(key))
+    for key in ("anyOf", "allOf", "oneOf", "prefixItems"):
+        subs.extend(schema.get(key) or [])
+    for key in ("$defs", "definitions"):
+        subs.extend((schema.get(key) or {}).values())
+    return all(_strict_ok(x) for x in subs)
+
+
 class _Retryable(Exception):
     def __init__(self, reason: str, retry_after: float | None = None, endpoint_fault: bool = False):
         super().__init__(reason)
@@ -94,6 +184,8 @@ class _Retryable(Exception):
 
 
 class OpenAIBackend(Backend):
+    supports_json_schema = True
+
     def __init__(
         self,
         model: str,
@@ -141,18 +233,26 @@ class OpenAIBackend(Backend):
         self._tls: Any = None  # one CA bundle load, shared by the SDK clients (made when the first one is)
         self._key = key
         self._n_clients = n_clients
-        if http_client not in ("auto", "lean", "sdk"):
-            raise ValueError(f"http_client must be auto, lean or sdk, not {http_client!r}")
+        if http_client not in ("auto", "lean", "aiohttp", "sdk"):
+            raise ValueError(f"http_client must be auto, lean, aiohttp or sdk, not {http_client!r}")
+        if http_client == "aiohttp":
+            try:
+                import aiohttp  # noqa: F401
+            except ImportError as e:
+                raise RuntimeError("http_client 'aiohttp' needs aiohttp: pip install 'evolkit[aiohttp]'") from e
         self.request_timeout = request_timeout
         self.endpoints = []
+        headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json", "Accept": "application/json",
+                   "Accept-Encoding": "gzip, deflate", "User-Agent": "evolkit"}
         for url in urls:
-            if url and _lean_ok(url, http_client):
+            if url and http_client == "aiohttp" and url.startswith("http://"):
+                aio = _AiohttpPool(url, headers, self.max_concurrency, request_timeout)
+                self.endpoints.append(_Endpoint(url, [], aio=aio))
+            elif url and _lean_ok(url, http_client):
                 from ._lean_http import LeanPool
 
-                lean = LeanPool(url, {"Authorization": f"Bearer {key}", "Content-Type": "application/json",
-                                      "Accept": "application/json", "Accept-Encoding": "gzip, deflate",
-                                      "User-Agent": "evolkit"}, max_idle=self.max_concurrency)
                 # Its SDK client (only to phrase status errors exactly as the SDK does) is made when first needed.
+                lean = LeanPool(url, headers, max_idle=self.max_concurrency)
                 self.endpoints.append(_Endpoint(url, [], lean=lean))
             else:
                 self.endpoints.append(_Endpoint(url or "https://api.openai.com/v1", self._sdk_clients(url, n_clients)))
@@ -207,7 +307,8 @@ class OpenAIBackend(Backend):
         return any(e is not ep and e.down_until <= now and not e.suspect for e in self.endpoints)
 
     # -- one request -----------------------------------------------------------------------------------------------
-    async def _call(self, ep: _Endpoint, req: Request, slot: int = 0) -> list[Completion]:
+    async def _call(self, ep: _Endpoint, req: Request, slot: int = 0, schema: bool = False) -> list[Completion]:
+        """One attempt at ``ep``; ``schema``: ask for :attr:`Request.json_schema` through ``response_format``."""
         import httpx
         import openai
 
@@ -223,9 +324,14 @@ class OpenAIBackend(Backend):
             body["stop"] = list(s.stop)
         if s.seed is not None:
             body["seed"] = s.seed + req.sample_offset
+        if schema:
+            body["response_format"] = response_format(req.json_schema or {})
         if self.extra_body:
             body.update(self.extra_body)
         path = "/completions" if req.raw else "/chat/completions"
+        if ep.aio is not None:
+            data = await self._aiohttp_post(ep, path, body)
+            return self._completions(data, req)
         if ep.lean is not None:
             data = await self._lean_post(ep, path, body)
             return self._completions(data, req)
@@ -284,6 +390,36 @@ class OpenAIBackend(Backend):
         except ValueError as e:  # malformed JSON body
             raise _Retryable(f"malformed response: {type(e).__name__}") from e
 
+    async def _aiohttp_post(self, ep: _Endpoint, path: str, body: dict[str, Any]) -> Any:
+        """One exchange through aiohttp, failures sorted exactly as :meth:`_call` sorts the SDK's."""
+        import json
+
+        import aiohttp
+
+        payload = json.dumps(body).encode()
+        try:
+            async with ep.aio.session().post(ep.aio.url + path, data=payload) as resp:
+                status = resp.status
+                content = await resp.read()
+                headers = resp.headers
+        except TimeoutError as e:  # asyncio.TimeoutError is TimeoutError; aiohttp's timeout errors derive from it
+            raise _Retryable("timeout", endpoint_fault=True) from e
+        except (aiohttp.ClientError, OSError) as e:
+            raise _Retryable("connection error", endpoint_fault=True) from e
+        if status >= 400:
+            if status == 429 or status >= 500 or status == 408:
+                ra = headers.get("retry-after")
+                try:
+                    retry_after = float(ra) if ra is not None else None
+                except ValueError:
+                    retry_after = None
+                raise _Retryable(f"http {status}", retry_after, endpoint_fault=status >= 500)
+            raise self._status_error(ep, path, status, {k.lower(): v for k, v in headers.items()}, content)
+        try:
+            return json.loads(content)
+        except ValueError as e:  # malformed JSON body
+            raise _Retryable(f"malformed response: {type(e).__name__}") from e
+
     def _status_error(self, ep: _Endpoint, path: str, status: int, headers: dict[str, str], content: bytes
                       ) -> Exception:
         """The exception the SDK raises for this response (same class and message), built by the SDK itself."""
@@ -334,6 +470,9 @@ class OpenAIBackend(Backend):
         #: outside the retry budget (at most two per endpoint, so a request that fails everywhere still ends).
         free = 0
         attempt = 1
+        #: The endpoints that refused this request's response_format (they get the request without one).
+        refused_by: list[_Endpoint] = []
+        refusal = ""
         while attempt <= self.max_retries + 1:
             if self._rpm:
                 await self._rpm.take(1)
@@ -342,9 +481,14 @@ class OpenAIBackend(Backend):
             ep = self._pick()
             ep.in_flight += 1
             sent += 1
+            schema = req.json_schema is not None and ep not in refused_by and not ep.no_response_format
             try:
-                comps = await self._call(ep, req, slot)
+                comps = await self._call(ep, req, slot, schema)
                 self._mark(ep, True)
+                if ep in refused_by and not ep.no_response_format:
+                    ep.no_response_format = True
+                    log.warning("%s refused response_format (%s) and answered without it: its requests are sent "
+                                "without a JSON schema from now on", ep.url, refusal)
                 return Result(comps, attempts=sent)
             except _Retryable as e:
                 last = e.reason
@@ -360,6 +504,13 @@ class OpenAIBackend(Backend):
                 attempt += 1
                 await asyncio.sleep(delay)
             except Exception as e:  # a non-retryable error of this request alone
+                if schema and getattr(e, "status_code", None) in (400, 422):
+                    # Perhaps the server does not take response_format: the same request once more, at once and
+                    # outside the retry budget, without it if it goes to the same endpoint; if that endpoint answers
+                    # it then, the endpoint is remembered.
+                    refused_by.append(ep)
+                    refusal = f"{type(e).__name__}: {str(e)[:200]}"
+                    continue
                 return Result(error=f"{type(e).__name__}: {str(e)[:300]}", attempts=sent)
             finally:
                 ep.in_flight -= 1
@@ -399,5 +550,7 @@ class OpenAIBackend(Backend):
         for ep in self.endpoints:
             if ep.lean is not None:
                 await ep.lean.aclose()
+            if ep.aio is not None:
+                await ep.aio.aclose()
             for client in ep.clients:
                 await client.close()
