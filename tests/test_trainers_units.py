@@ -9,7 +9,7 @@ import pytest
 
 import torch
 
-from trainers import card, common, data, ppo_core, rewards, rl
+from trainers import card, common, data, model_names, ppo_core, rewards, rl
 
 CONFIGS = Path(__file__).resolve().parent.parent / "trainers" / "configs"
 
@@ -357,7 +357,23 @@ def test_rl_refuses_a_reward_model_folder_of_the_wrong_kind(tmp_path):
 def test_model_names_resolve_like_the_transformers_backend(tmp_path):
     from evolkit.backends.transformers import DEFAULT_MODEL
 
-    assert common.resolve_model(str(tmp_path)) == str(tmp_path)  # a local folder as is
-    assert common.resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a Hub id as is
-    assert common.resolve_model(None) is None
-    assert common.is_embedded_model(DEFAULT_MODEL) and not common.is_embedded_model("Qwen/Qwen2.5-0.5B")
+    assert model_names.resolve_model(str(tmp_path)) == str(tmp_path)  # a local folder as is
+    assert model_names.resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a Hub id as is
+    assert model_names.resolve_model(None) is None
+    assert model_names.is_embedded_model(DEFAULT_MODEL)
+    assert not model_names.is_embedded_model("Qwen/Qwen2.5-0.5B") and not model_names.is_embedded_model(None)
+
+
+def test_dataset_record_counts_the_rows_the_trainer_dropped(caplog):
+    from datasets import Dataset
+
+    from trainers.sft import SFTScriptArguments
+
+    given = Dataset.from_list([{"prompt": "p", "completion": str(i)} for i in range(5)])
+    kept = given.select(range(3))
+    args = SFTScriptArguments(dataset_name="published/x")
+    with caplog.at_level("WARNING", logger="evolkit.trainers"):
+        rec = common.dataset_record(args, given, kept, extra_field=1)
+    assert (rec["rows"], rec["trained_rows"], rec["config"], rec["extra_field"]) == (5, 3, "sft", 1)
+    assert "dropped 2 of 5 rows" in caplog.text
+    assert "trained_rows" not in common.dataset_record(args, given)

