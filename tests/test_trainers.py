@@ -91,7 +91,8 @@ def prm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
 # ------------------------------------------------------------------------------------------------------------- SFT
 
 
-def test_sft_trains_on_the_completion_only_and_the_saved_model_reloads(sft_run, published_dir, tiny_llama_dir):
+def test_sft_trains_on_the_completion_only_and_saves_a_reloadable_model_with_its_record(sft_run, published_dir,
+                                                                                         tiny_llama_dir):
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -302,7 +303,8 @@ def test_lora_irm_and_prm_save_adapters_that_the_scorers_load(tmp_path, tiny_qwe
 # -------------------------------------------------------------------------------------------------------------- RL
 
 
-def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
+def test_ppo_scores_responses_with_r_i_times_r_a_from_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, published_dir,
+                                                                              irm_run, prm_run):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
@@ -469,19 +471,21 @@ def test_sft_command_trains_the_embedded_model_by_its_backend_name_offline(tmp_p
     assert "embedded model" in (out / "README.md").read_text()
 
 
-def test_reward_models_and_ppo_policy_accept_the_embedded_model_name(tmp_path, published_dir):
+def test_reward_models_and_ppo_policy_accept_the_embedded_model_name(tmp_path, published_dir, irm_run, prm_run):
     from evolkit.backends.transformers import DEFAULT_MODEL
 
     steps = ["--max_steps", "1", "--max_train_samples", "2", "--per_device_train_batch_size", "1"]
-    irm_out, prm_out, ppo_out = tmp_path / "irm", tmp_path / "prm", tmp_path / "ppo"
-    _, irm_out = _train(reward, _args("reward_tiny.yaml", DEFAULT_MODEL, published_dir, irm_out, *steps))
-    _, prm_out = _train(prm, _args("prm_tiny.yaml", DEFAULT_MODEL, published_dir, prm_out, *steps))
+    _, irm_out = _train(reward, _args("reward_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "irm", *steps))
+    _, prm_out = _train(prm, _args("prm_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "prm", *steps))
     model_path = card.read_record(irm_out)["model_path"]
     assert card.read_record(prm_out)["model_path"] == model_path != DEFAULT_MODEL
-    trainer, _ = _train(ppo, _args("ppo_tiny.yaml", DEFAULT_MODEL, published_dir, ppo_out,
-                                   "--irm_model_name_or_path", str(irm_out), "--prm_model_name_or_path", str(prm_out),
-                                   "--max_steps", "1", "--num_ppo_epochs", "1", "--per_device_train_batch_size", "1",
-                                   "--response_length", "8"))
+    assert (Path(model_path) / "config.json").exists()
+    # the policy by the same name (the tiny IRM/PRM keep this run short; they share the SmolLM2 tokenizer)
+    trainer, ppo_out = _train(ppo, _args("ppo_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "ppo",
+                                         "--irm_model_name_or_path", str(irm_run[1]),
+                                         "--prm_model_name_or_path", str(prm_run[1]), "--max_steps", "1",
+                                         "--num_ppo_epochs", "1", "--per_device_train_batch_size", "1",
+                                         "--response_length", "8"))
     assert trainer.num_updates == 1 and math.isfinite(trainer.log_history[-1]["objective/scores"])
     assert card.read_record(ppo_out)["model_path"] == model_path
 

@@ -142,7 +142,7 @@ def test_clipped_value_loss_matches_hand_computation():
     assert st["clipfrac"].item() == pytest.approx(0.5)
 
 
-def test_kl_estimators_and_token_rewards():
+def test_kl_estimators_and_token_rewards_match_hand_computation():
     logp = torch.log(torch.tensor([[0.5, 0.2]]))
     ref = torch.log(torch.tensor([[0.25, 0.2]]))
     assert ppo_core.kl_penalty(logp, ref, "k1").tolist()[0] == pytest.approx([math.log(2), 0.0])
@@ -157,7 +157,7 @@ def test_kl_estimators_and_token_rewards():
     assert r[1].tolist() == pytest.approx([-0.1, -0.1, -0.1 - 1.0])
 
 
-def test_response_mask_logprobs_entropy_whiten():
+def test_response_mask_logprobs_entropy_and_whitening_match_hand_computation():
     resp = torch.tensor([[5, 7, 2, 9, 9], [5, 6, 6, 6, 6], [2, 3, 3, 3, 3]])
     m = ppo_core.response_mask(resp, [2])
     assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]  # up to and including EOS
@@ -214,7 +214,7 @@ def test_ranking_pairs_are_evolkits_irm_pairs_with_rank_or_score_margins():
         data.ranking_pairs(_ranking(), margin="scale")
 
 
-def test_reward_dataset_from_rankings_and_pairs():
+def test_reward_dataset_keeps_chosen_rejected_and_drops_all_zero_margins():
     from datasets import Dataset
 
     ds = data.reward_dataset(Dataset.from_list([_ranking()]), margin="rank")  # rank gaps 1, 2, 2, 1, 1
@@ -285,7 +285,7 @@ def test_every_packaged_config_parses_with_its_script(tmp_path, recwarn, monkeyp
     assert seen == set(scripts)
 
 
-def test_accelerate_deepspeed_config_is_valid_yaml():
+def test_deepspeed_accelerate_configs_name_their_zero_stage():
     import yaml
 
     cfg = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())

@@ -138,7 +138,7 @@ class TrainerParser(TrlParser):
         from evolkit.errors import ConfigError
 
         args = list(sys.argv[1:] if args_list is None else args_list)
-        where = "command line"
+        where = "no config file"
         if "--config" in args:
             i = args.index("--config")
             if i + 1 >= len(args):
@@ -158,8 +158,8 @@ class TrainerParser(TrlParser):
             if "Unknown arguments from config file" in msg:
                 raise ConfigError(f"{where}: unknown key(s) (not an argument of this script): {msg}") from None
             if "not used by the HfArgumentParser" in msg:
-                msg = f"unknown command-line argument(s): {msg.split(':', 1)[1].strip()}"
-            raise ConfigError(f"{where}: {msg}") from None
+                raise ConfigError(f"unknown command-line argument(s): {msg.split(':', 1)[1].strip()}") from None
+            raise ConfigError(f"invalid arguments ({where} and command line): {msg}") from None
 
 
 def make_parser(dataclass_types: Sequence[type], defaults: dict[str, Any] | None = None,

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 
@@ -31,7 +32,7 @@ def resolve_model(name: str | None) -> str | None:
     (``load_model_and_tokenizer``); any other name (Hub id, local folder) is returned as is."""
     if not name:
         return name
-    from evolkit.backends.transformers import load_model_and_tokenizer, resolve_model_path
+    from evolkit.backends.transformers import resolve_model_path
     from evolkit.errors import ConfigError
 
     try:
@@ -40,9 +41,18 @@ def resolve_model(name: str | None) -> str | None:
         raise ConfigError(f"model {name!r}: {e}") from None
     if gguf is None:
         return name
+    return _converted_folder(name)
+
+
+@functools.lru_cache(maxsize=8)
+def _converted_folder(name: str) -> str:
+    """The backend's converted copy of a GGUF model. The backend has no call that returns only the folder, so this
+    loads the model once (converting it the first time) and keeps the folder's path; cached per process."""
+    from evolkit.backends.transformers import load_model_and_tokenizer
+
     model, _ = load_model_and_tokenizer(name, dtype="float32", device="cpu")
-    folder = model.name_or_path
+    folder = str(model.name_or_path)
     del model
     gc.collect()
     log.info("model %s resolves to %s", name, folder)
-    return str(folder)
+    return folder
