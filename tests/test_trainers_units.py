@@ -7,10 +7,9 @@ from pathlib import Path
 
 import pytest
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("trl")
+import torch
 
-from trainers import common, data, ppo_core, rewards  # noqa: E402
+from trainers import card, common, data, model_names, ppo_core, rewards, rl
 
 CONFIGS = Path(__file__).resolve().parent.parent / "trainers" / "configs"
 
@@ -143,7 +142,7 @@ def test_clipped_value_loss_matches_hand_computation():
     assert st["clipfrac"].item() == pytest.approx(0.5)
 
 
-def test_kl_estimators_and_token_rewards():
+def test_kl_estimators_and_token_rewards_match_hand_computation():
     logp = torch.log(torch.tensor([[0.5, 0.2]]))
     ref = torch.log(torch.tensor([[0.25, 0.2]]))
     assert ppo_core.kl_penalty(logp, ref, "k1").tolist()[0] == pytest.approx([math.log(2), 0.0])
@@ -158,7 +157,7 @@ def test_kl_estimators_and_token_rewards():
     assert r[1].tolist() == pytest.approx([-0.1, -0.1, -0.1 - 1.0])
 
 
-def test_response_mask_logprobs_entropy_whiten():
+def test_response_mask_logprobs_entropy_and_whitening_match_hand_computation():
     resp = torch.tensor([[5, 7, 2, 9, 9], [5, 6, 6, 6, 6], [2, 3, 3, 3, 3]])
     m = ppo_core.response_mask(resp, [2])
     assert m.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [1, 0, 0, 0, 0]]  # up to and including EOS
@@ -192,20 +191,33 @@ def _ranking():
     }
 
 
-def test_pairs_from_ranking_orders_and_margins():
-    pairs = data.pairs_from_ranking(_ranking(), margin="scores")
+def test_ranking_pairs_are_evolkits_irm_pairs_with_rank_or_score_margins():
+    from evolkit.stages.irm import pairs_from_ranking
+
+    pairs = data.ranking_pairs(_ranking(), margin="scores")
     assert [(p["chosen"], p["rejected"]) for p in pairs] == [("A", "B"), ("A", "C"), ("A", "D"), ("B", "C"), ("B", "D")]
-    assert [p["margin"] for p in pairs] == pytest.approx([2.0, 0.0, 0.0, 0.0, 0.0])  # scores only where both have them
-    assert pairs[0]["label_source"] == "human"
-    ranks = data.pairs_from_ranking(_ranking(), margin="rank", margin_scale=0.5)
+    # evolkit's judge-score margin: total score difference over the score span of the 3 criteria (1..10), where both
+    # variants have all scores
+    assert [p["margin"] for p in pairs] == pytest.approx([(24 - 18) / 27, 0.0, 0.0, 0.0, 0.0], abs=1e-4)
+    published = [p.row() for p in pairs_from_ranking(_ranking(), "scores")]
+    assert [(p["chosen"], p["rejected"], p["margin"]) for p in pairs] == [
+        (p["chosen"], p["rejected"], p["margin"]) for p in published]
+    ranks = data.ranking_pairs(_ranking(), margin="rank", margin_scale=0.5)
     assert [p["margin"] for p in ranks] == pytest.approx([0.5, 1.0, 1.0, 0.5, 0.5])
-    assert all(p["margin"] == 0 for p in data.pairs_from_ranking(_ranking(), margin="none"))
+    assert all(p["margin"] == 0 for p in data.ranking_pairs(_ranking(), margin="none"))
+    # a variant repeating a better one's text gives no pair with it (same input on both sides: no gradient)
+    row = _ranking()
+    row["variants"].append({"id": "e", "text": "A", "evolver": "y", "rank": 4})
+    assert ("A", "A") not in {(p["chosen"], p["rejected"]) for p in data.ranking_pairs(row, margin="rank")}
+    assert len(data.ranking_pairs(row, margin="rank")) == 5 + 3  # B, C, D over E
+    with pytest.raises(ValueError, match="margin"):
+        data.ranking_pairs(_ranking(), margin="scale")
 
 
-def test_reward_dataset_from_rankings_and_pairs():
+def test_reward_dataset_keeps_chosen_rejected_and_drops_all_zero_margins():
     from datasets import Dataset
 
-    ds = data.reward_dataset(Dataset.from_list([_ranking()]), margin="rank")
+    ds = data.reward_dataset(Dataset.from_list([_ranking()]), margin="rank")  # rank gaps 1, 2, 2, 1, 1
     assert ds.column_names == ["chosen", "rejected", "margin"] and len(ds) == 5
     no_margin = data.reward_dataset(Dataset.from_list([_ranking()]), margin="none")
     assert no_margin.column_names == ["chosen", "rejected"]  # all zero: same loss, dropped
@@ -218,59 +230,62 @@ def test_reward_dataset_from_rankings_and_pairs():
 # ------------------------------------------------------------------------------------------------ arguments / cards
 
 
-def test_parse_args_yaml_cli_precedence_and_cpu_defaults(tmp_path):
-    from trl import ModelConfig, SFTConfig
-
+def test_trl_parser_yaml_cli_precedence_cpu_defaults_and_misspelt_keys(tmp_path):
     from evolkit.errors import ConfigError
-    from trainers.sft import DEFAULTS, SFTScriptArguments
+    from trainers import sft
 
     cfg = tmp_path / "c.yaml"
     cfg.write_text("learning_rate: 0.5\nmax_length: 64\ndataset_name: from-yaml\nenv:\n  EVOLKIT_TEST_ENV: 'on'\n")
-    types = (SFTScriptArguments, SFTConfig, ModelConfig)
-    s, t, m = common.parse_args(types, ["--config", str(cfg), "--max_length", "32", "--output_dir", str(tmp_path)],
-                                defaults=DEFAULTS, device="cpu")
+    parser = sft.make_parser(device="cpu")
+    s, t, m = parser.parse(["--config", str(cfg), "--max_length", "32", "--output_dir", str(tmp_path)])
     assert (t.learning_rate, t.max_length, s.dataset_name, s.dataset_config) == (0.5, 32, "from-yaml", "sft")
     assert t.completion_only_loss is True  # the script's default
     # CPU: TRL's GPU defaults switched off (gradient_checkpointing is transformers' deprecated alias, mirrored)
     assert t.bf16 is False and t.activation_checkpointing is False and t.gradient_checkpointing is False
     import os
 
-    assert os.environ.pop("EVOLKIT_TEST_ENV") == "on"
+    assert os.environ.pop("EVOLKIT_TEST_ENV") == "on"  # TrlParser applies the YAML's env: mapping
     # a GPU config smoke-tested on CPU: bf16 from the YAML is turned off with a warning
     cfg.write_text("bf16: true\nactivation_checkpointing: true\n")
     with pytest.warns(UserWarning, match="needs a GPU"):
-        _, t, _ = common.parse_args(types, ["--config", str(cfg), "--output_dir", str(tmp_path)], device="cpu")
+        _, t, _ = sft.make_parser(device="cpu").parse(["--config", str(cfg), "--output_dir", str(tmp_path)])
     assert t.bf16 is False and t.activation_checkpointing is True  # explicit checkpointing is kept
     cfg.write_text("learning_rat: 0.1\n")
     with pytest.raises(ConfigError, match="learning_rat"):
-        common.parse_args(types, ["--config", str(cfg), "--output_dir", str(tmp_path)], device="cpu")
+        sft.make_parser(device="cpu").parse(["--config", str(cfg), "--output_dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="learning_rat"):  # no prefix matching of option names
-        common.parse_args(types, ["--learning_rat", "1", "--output_dir", str(tmp_path)], device="cpu")
+        sft.make_parser(device="cpu").parse(["--learning_rat", "1", "--output_dir", str(tmp_path)])
     with pytest.raises(ConfigError, match="no_such_flag"):
-        common.parse_args(types, ["--no_such_flag", "1", "--output_dir", str(tmp_path)], device="cpu")
+        sft.make_parser(device="cpu").parse(["--no_such_flag", "1", "--output_dir", str(tmp_path)])
+    with pytest.raises(ConfigError, match="missing.yaml: config file not found"):
+        sft.make_parser(device="cpu").parse(["--config", str(tmp_path / "missing.yaml")])
+    cfg.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="c.yaml"):
+        sft.make_parser(device="cpu").parse(["--config", str(cfg), "--output_dir", str(tmp_path)])
 
 
-def test_every_packaged_config_parses(tmp_path, recwarn):
-    from trainers import ppo, prm, reward, sft
+def test_every_packaged_config_parses_with_its_script(tmp_path, recwarn, monkeypatch):
+    from trainers import grpo, ppo, prm, reward, rloo, sft
 
-    parsers = {"sft": sft.parse, "reward": reward.parse, "prm": prm.parse, "ppo": ppo.parse, "grpo": ppo.parse,
-               "rloo": ppo.parse}
+    scripts = {"sft": sft, "reward": reward, "prm": prm, "ppo": ppo, "grpo": grpo, "rloo": rloo}
+    config_class = {"sft": "SFTConfig", "reward": "RewardConfig", "prm": "PRMConfig", "ppo": "PPOConfig",
+                    "grpo": "GRPOConfig", "rloo": "RLOOConfig"}
     seen = set()
+    monkeypatch.chdir(tmp_path)
     for path in sorted(CONFIGS.glob("*.yaml")):
         if path.name.startswith("deepspeed") or path.name.startswith("accelerate"):
             continue
         kind = path.name.split("_")[0]
-        assert kind in parsers, f"{path.name}: name it <sft|reward|prm|ppo|grpo|rloo>_*.yaml"
-        out = parsers[kind](["--config", str(path), "--output_dir", str(tmp_path / path.stem)])
+        assert kind in scripts, f"{path.name}: name it <sft|reward|prm|ppo|grpo|rloo>_*.yaml"
+        # by packaged file name (found in trainers/configs/) as well as by path
+        for given in (str(path), path.name):
+            out = scripts[kind].parse(["--config", given, "--output_dir", str(tmp_path / path.stem)])
+            assert type(out[1]).__name__ == config_class[kind], path.name
         seen.add(kind)
-        if kind in ("grpo", "rloo"):
-            assert out[0].algo == kind and type(out[1]).__name__.lower().startswith(kind)
-        if kind == "ppo":
-            assert out[0].algo == "ppo" and isinstance(out[1], ppo.PPOConfig)
-    assert seen == set(parsers)
+    assert seen == set(scripts)
 
 
-def test_accelerate_deepspeed_config_is_valid_yaml():
+def test_deepspeed_accelerate_configs_name_their_zero_stage():
     import yaml
 
     cfg = yaml.safe_load((CONFIGS / "deepspeed_zero3.yaml").read_text())
@@ -282,13 +297,83 @@ def test_accelerate_deepspeed_config_is_valid_yaml():
 def test_model_card_metadata_only_names_hub_ids(tmp_path):
     import yaml
 
-    assert common.hub_id_or_none("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
-    assert common.hub_id_or_none(str(tmp_path)) is None
-    assert common.hub_id_or_none("./local") is None
-    path = common.write_model_card(tmp_path / "m", "prm", str(tmp_path), "user/evolkit-math", "prm",
+    assert card.hub_id_or_none("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
+    assert card.hub_id_or_none(str(tmp_path)) is None
+    assert card.hub_id_or_none("./local") is None
+    assert card.hub_id_or_none("smollm2-135m-instruct") is None  # evolkit's embedded model, not a Hub repo
+    path = card.write_model_card(tmp_path / "m", "prm", str(tmp_path), "user/evolkit-math", "prm",
                                    metrics={"train_loss": 0.5}, n_train_rows=3)
     text = path.read_text()
     meta = yaml.safe_load(text.split("---")[1])
     assert "base_model" not in meta and meta["datasets"] == ["user/evolkit-math"]
     assert "process-reward-model" in meta["tags"] and meta["pipeline_tag"] == "token-classification"
     assert "| `train_loss` | 0.5 |" in text and "2308.09583" in text
+
+
+def test_trainer_record_keeps_arguments_but_no_token(tmp_path):
+    import json
+
+    from trainers import sft
+
+    _, t, m = sft.make_parser(device="cpu").parse(["--output_dir", str(tmp_path), "--hub_token", "hf_SeCrEt123",
+                                                   "--learning_rate", "0.25"])
+    path = card.write_record(tmp_path, {"stage": "sft", "args": {"training": card.args_dict(t),
+                                                                 "model": card.args_dict(m)}})
+    text = path.read_text()
+    assert "hf_SeCrEt123" not in text and "hub_token" not in text
+    rec = card.read_record(tmp_path)
+    assert rec["stage"] == "sft" and rec["format"] == card.RECORD_FORMAT
+    assert rec["args"]["training"]["learning_rate"] == 0.25 and "transformers" in rec["versions"]
+    assert json.loads(text) == rec
+    assert card.read_record(tmp_path / "nothing-here") is None
+
+
+def test_rl_refuses_a_reward_model_folder_of_the_wrong_kind(tmp_path):
+    import json
+
+    from evolkit.errors import ConfigError
+
+    prm_dir, irm_dir, lm_dir, lora_dir = (tmp_path / n for n in ("prm", "irm", "lm", "lora"))
+    card.write_record(prm_dir, {"stage": "prm", "script": "trainers.prm"})
+    card.write_record(irm_dir, {"stage": "irm", "script": "trainers.reward"})
+    with pytest.raises(ConfigError, match="trained by trainers.prm"):
+        rl.check_reward_model(str(prm_dir), "irm")
+    assert rl.check_reward_model(str(irm_dir), "irm")["stage"] == "irm"
+    assert rl.check_reward_model(str(prm_dir), "prm")["stage"] == "prm"
+    # no record: the architecture decides; a causal LM would get an untrained head
+    lm_dir.mkdir()
+    (lm_dir / "config.json").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
+    with pytest.raises(ConfigError, match="not a trained PRM"):
+        rl.check_reward_model(str(lm_dir), "prm")
+    (lm_dir / "config.json").write_text(json.dumps({"architectures": ["Qwen2ForTokenClassification"]}))
+    assert rl.check_reward_model(str(lm_dir), "prm") is None
+    lora_dir.mkdir()
+    (lora_dir / "adapter_config.json").write_text(json.dumps({"task_type": "TOKEN_CLS"}))
+    with pytest.raises(ConfigError, match="SEQ_CLS"):
+        rl.check_reward_model(str(lora_dir), "irm")
+    assert rl.check_reward_model("some-user/some-irm", "irm") is None  # Hub ids are not checked
+
+
+def test_model_names_resolve_like_the_transformers_backend(tmp_path):
+    from evolkit.backends.transformers import DEFAULT_MODEL
+
+    assert model_names.resolve_model(str(tmp_path)) == str(tmp_path)  # a local folder as is
+    assert model_names.resolve_model("Qwen/Qwen2.5-0.5B") == "Qwen/Qwen2.5-0.5B"  # a Hub id as is
+    assert model_names.resolve_model(None) is None
+    assert model_names.is_embedded_model(DEFAULT_MODEL)
+    assert not model_names.is_embedded_model("Qwen/Qwen2.5-0.5B") and not model_names.is_embedded_model(None)
+
+
+def test_dataset_record_counts_the_rows_the_trainer_dropped(caplog):
+    from datasets import Dataset
+
+    from trainers.sft import SFTScriptArguments
+
+    given = Dataset.from_list([{"prompt": "p", "completion": str(i)} for i in range(5)])
+    kept = given.select(range(3))
+    args = SFTScriptArguments(dataset_name="published/x")
+    with caplog.at_level("WARNING", logger="evolkit.trainers"):
+        rec = common.dataset_record(args, given, kept, extra_field=1)
+    assert (rec["rows"], rec["trained_rows"], rec["config"], rec["extra_field"]) == (5, 3, "sft", 1)
+    assert "dropped 2 of 5 rows" in caplog.text
+    assert "trained_rows" not in common.dataset_record(args, given)

@@ -2,9 +2,10 @@
 
 * ``sft`` (prompt/completion) -> ``SFTTrainer``: its ``_prepare_dataset`` runs in the constructor, then one step trains;
 * ``irm_pairs`` (chosen/rejected [+ margin], implicit prompt) -> ``RewardTrainer`` likewise;
+* ``irm_rankings`` expanded by the trainer (``trainers.data.ranking_pairs``) gives exactly the published ``irm_pairs``;
 * ``prm`` (prompt/completions/labels): TRL 1.16 has no PRMTrainer, so the columns are checked against TRL's stepwise
   supervision convention (one boolean label per step, steps tokenized after the prompt, the label on each step's last
-  token) and, when present, our own trainer's tokenizer (``trainers.data.prm_dataset``);
+  token) and our own trainer's tokenizer (``trainers.data.prm_dataset``);
 * ``rl_prompts``: TRL's prompt-only format (``prompt``), with ``gold_answer`` for the answer reward.
 
 Models are tiny random Llamas built from a config (2 layers, hidden 64) with the SmolLM2 tokenizer (from evolkit's
@@ -19,10 +20,7 @@ from typing import Any
 import pytest
 
 from tests.fixture_run import build_fixture_run
-
-pytest.importorskip("trl", reason="TRL is an optional dependency (pip install -e .[train])")
-
-from tests.plugins.tiny_models import smollm2_tokenizer_dir  # noqa: E402,F401  (session fixture)
+from tests.plugins.tiny_models import smollm2_tokenizer_dir  # noqa: F401  (session fixture)
 
 TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4,
         "num_key_value_heads": 4, "max_position_embeddings": 1024}
@@ -58,7 +56,7 @@ def _common_args(tmp_path: Path) -> dict[str, Any]:
             "save_strategy": "no", "logging_strategy": "no", "dataset_num_proc": None, "seed": 0}
 
 
-def test_sft_config_is_accepted_by_sft_trainer(published, tokenizer, tmp_path):
+def test_sft_config_trains_in_sft_trainer_with_the_loss_on_the_completion_only(published, tokenizer, tmp_path):
     import datasets
     import torch
     from transformers import AutoModelForCausalLM
@@ -90,14 +88,15 @@ def test_sft_config_is_accepted_by_sft_trainer(published, tokenizer, tmp_path):
     assert trainer.state.global_step == 1
 
 
-def test_irm_pairs_config_is_accepted_by_reward_trainer(published, tokenizer, tmp_path):
+def test_irm_pairs_config_trains_in_reward_trainer_with_its_margins(published, tokenizer, tmp_path):
     import datasets
     import torch
     from transformers import AutoModelForSequenceClassification
     from trl import RewardConfig, RewardTrainer
 
     ds = datasets.load_dataset(str(published), "irm_pairs")
-    assert {"chosen", "rejected", "margin"} <= set(ds["train"].column_names) and "prompt" not in ds["train"].column_names
+    assert {"chosen", "rejected", "margin"} <= set(ds["train"].column_names)
+    assert "prompt" not in ds["train"].column_names
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_config(_llama_config(tokenizer, num_labels=1))
     trainer = RewardTrainer(model=model, args=RewardConfig(**_common_args(tmp_path)), train_dataset=ds["train"],
@@ -113,18 +112,22 @@ def test_irm_pairs_config_is_accepted_by_reward_trainer(published, tokenizer, tm
     assert trainer.state.global_step == 1
 
 
-def test_irm_rankings_expand_to_reward_pairs(published):
+def test_irm_rankings_expand_in_the_trainer_to_exactly_the_published_irm_pairs(published):
     import datasets
 
-    ds = datasets.load_dataset(str(published), "irm_rankings")["train"]
+    from trainers.data import ranking_pairs
+
+    rankings = datasets.load_dataset(str(published), "irm_rankings")
     pairs = datasets.load_dataset(str(published), "irm_pairs")
-    texts = {(r["chosen"], r["rejected"]) for s in pairs for r in pairs[s]}
-    for row in ds:
+    # (a config too small to split has a train split only: compare over all splits)
+    rows = [r for split in rankings for r in rankings[split]]
+    expanded = sorted((p["chosen"], p["rejected"]) for r in rows for p in ranking_pairs(r, "none"))
+    published_pairs = sorted((r["chosen"], r["rejected"]) for s in pairs for r in pairs[s]
+                             if r["chosen"] != r["rejected"])
+    assert expanded == published_pairs and expanded
+    for row in rows:
         ranked = sorted(row["variants"], key=lambda v: v["rank"])
         assert len(ranked) >= 2 and all(isinstance(v["text"], str) for v in ranked)
-        best, worst = ranked[0], ranked[-1]
-        if best["rank"] < worst["rank"]:
-            assert (best["text"], worst["text"]) in texts
 
 
 def _stepwise_tokenize(tok: Any, prompt: str, steps: list[str], labels: list[bool], sep: str = "\n") -> dict:
@@ -139,7 +142,7 @@ def _stepwise_tokenize(tok: Any, prompt: str, steps: list[str], labels: list[boo
     return {"input_ids": ids, "labels": lab}
 
 
-def test_prm_config_follows_the_stepwise_supervision_format(published, tokenizer):
+def test_prm_config_has_one_bool_label_per_step_in_trl_stepwise_format(published, tokenizer):
     import datasets
     from datasets import List, Value
 
@@ -156,19 +159,16 @@ def test_prm_config_follows_the_stepwise_supervision_format(published, tokenizer
     assert any(not all(r["labels"]) for s in ds for r in ds[s]), "some solutions have a wrong step"
 
 
-def test_prm_config_with_our_prm_trainer_tokenizer(published, tokenizer):
-    data = pytest.importorskip("trainers.data")
-    if not hasattr(data, "prm_dataset"):
-        pytest.skip("trainers.data.prm_dataset is not there yet")
+def test_prm_config_tokenized_by_our_prm_trainer_keeps_integer_step_labels(published, tokenizer):
     import datasets
 
+    from trainers.data import prm_dataset
+
     ds = datasets.load_dataset(str(published), "prm")["train"]
-    out = data.prm_dataset(ds, tokenizer)
-    if out.features["labels"].feature.dtype == "bool":
-        # Known bug (reported): datasets.map keeps the input's List(bool) feature for the returned "labels" column
-        # even with remove_columns, so -100 becomes True. Runs strictly again once trainers/data.py casts it.
-        pytest.xfail("trainers.data.prm_dataset returns bool labels (-100 -> True): datasets.map keeps the input "
-                     "'labels' feature; pass features= (int64 labels) to map")
+    out = prm_dataset(ds, tokenizer)
+    # datasets.map keeps the input's List(bool) feature for a returned "labels" column unless features= says
+    # otherwise; a bool column would turn -100 into True
+    assert out.features["labels"].feature.dtype == "int64"
     assert out.num_rows == ds.num_rows
     for row, src in zip(out, ds, strict=True):
         assert len(row["labels"]) == len(row["input_ids"])
@@ -178,7 +178,7 @@ def test_prm_config_with_our_prm_trainer_tokenizer(published, tokenizer):
         )
 
 
-def test_rl_prompts_config_is_prompt_only(published, tokenizer):
+def test_rl_prompts_config_is_prompt_only_with_a_gold_answer_per_row(published, tokenizer):
     import datasets
     from trl.data_utils import is_conversational, maybe_apply_chat_template
 

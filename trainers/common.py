@@ -1,28 +1,48 @@
-"""Shared plumbing of the trainer scripts: arguments, device defaults, dataset loading, model cards, pushing.
+"""Shared plumbing of the trainer scripts: arguments, device defaults, models, datasets, saving, pushing.
 
-Every script (``python -m trainers.sft|reward|prm|ppo``) parses dataclasses (TRL / transformers configs plus our own
-argument classes) from an optional YAML file (``--config file.yaml``) and command-line overrides (``--key value``; the
-command line wins). Unknown keys in the YAML file are an error, not silently dropped.
+Every script (``python -m trainers.sft|reward|prm|ppo|grpo|rloo``) is in TRL's script style: dataclass configs (TRL /
+transformers configs plus our own script arguments) parsed by TRL's ``TrlParser`` from an optional YAML file
+(``--config file.yaml``, whose ``env:`` mapping sets environment variables) and command-line overrides (the command
+line wins). Unknown keys, in the YAML file or on the command line, are an error.
+
+Each script module offers the same three entry points:
+
+* ``main(args_list=None) -> Path``: parse ``args_list`` (default: ``sys.argv[1:]``) like the command line, train,
+  return the folder the model was saved to (what ``python -m trainers.X`` runs);
+* ``parse(args_list=None)``: the parsed dataclasses;
+* ``train(script_args, training_args, model_args, model=None, tokenizer=None) -> TrainResult``: train from
+  dataclasses (and optionally in-memory objects); the result is the output folder (``os.PathLike``) plus the
+  trainer and its final metrics.
+
+The output folder holds what the next step needs: the model and its config, the tokenizer, the model card
+(``README.md``) and ``evolkit_trainer.json`` (see :mod:`trainers.card`).
+
+Model names: ``smollm2-135m-instruct`` (evolkit's embedded model, the name its backends use) or a ``.gguf`` file
+resolve to a local safetensors folder (:mod:`trainers.model_names`).
 
 On a machine without an accelerator (CPU only), bf16 and activation (gradient) checkpointing default to off: TRL's
 configs turn both on by default, and bf16 mixed precision fails on CPU (transformers refuses it without ``use_cpu``)
-while checkpointing only slows training down. (transformers 5.23 renamed ``gradient_checkpointing`` to
-``activation_checkpointing``; the old name still works, with a deprecation warning.) A YAML file that asks for
-bf16/fp16 on such a machine is overridden with a warning, so a GPU config can still be smoke-tested on a laptop.
+while checkpointing only slows training down. A YAML file that asks for bf16/fp16 on such a machine is overridden with
+a warning, so a GPU config can still be smoke-tested on a laptop.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
-import re
 import sys
 import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field, fields, is_dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from trl import TrlParser
+
+from . import card
+from .model_names import resolve_model
 
 log = logging.getLogger("evolkit.trainers")
 
@@ -76,7 +96,7 @@ class DatasetArguments:
         default=None, metadata={"help": "Hub dataset id or local folder (README.md with `configs:` + data/...)."}
     )
     dataset_config: str | None = field(default=None, metadata={"help": "Config of the published dataset."})
-    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on (`train+test`: both)."})
     dataset_test_split: str | None = field(
         default=None, metadata={"help": "Split to evaluate on (needs eval_strategy != 'no'); none by default."}
     )
@@ -88,99 +108,141 @@ class DatasetArguments:
     model_card: bool = field(default=True, metadata={"help": "Write README.md (model card) into output_dir."})
 
 
-def _load_yaml(path: str) -> dict[str, Any]:
-    import yaml
+class TrainerParser(TrlParser):
+    """TRL's parser (YAML ``--config`` + command-line overrides, ``env:``), without prefix matching of option names,
+    with device-dependent defaults, and turning a config's bf16/fp16 off (with a warning) where there is no GPU."""
 
+    def __init__(self, dataclass_types: Sequence[type], defaults: dict[str, Any] | None = None,
+                 device: str | None = None):
+        super().__init__(list(dataclass_types), allow_abbrev=False)  # a typo must not match a longer option
+        self.device = device or accelerator_type()
+        if self.device == "cpu":
+            self.set_defaults_with_config(**cpu_defaults())
+        if defaults:
+            self.set_defaults_with_config(**defaults)
+
+    def set_defaults_with_config(self, **kwargs: Any) -> list[str]:
+        if self.device == "cpu":
+            for key in ("bf16", "fp16"):
+                if kwargs.get(key) is True:
+                    warnings.warn(f"`{key}: true` needs a GPU; no accelerator found, training in float32",
+                                  stacklevel=3)
+                    kwargs[key] = False
+        return super().set_defaults_with_config(**kwargs)
+
+    def parse(self, args_list: Sequence[str] | None = None) -> tuple[Any, ...]:
+        """``parse_args_and_config`` with user errors as :class:`evolkit.errors.ConfigError` (exit 2, no traceback);
+        ``--config NAME.yaml`` also finds a packaged config in ``trainers/configs/`` by file name."""
+        import yaml
+
+        from evolkit.errors import ConfigError
+
+        args = list(sys.argv[1:] if args_list is None else args_list)
+        where = "no config file"
+        if "--config" in args:
+            i = args.index("--config")
+            if i + 1 >= len(args):
+                raise ConfigError("--config needs a file name")
+            p = Path(args[i + 1])
+            if not p.exists() and p.parent == Path(".") and (CONFIG_DIR / p.name).exists():
+                args[i + 1] = str(CONFIG_DIR / p.name)
+            where = args[i + 1]
+        try:
+            return tuple(self.parse_args_and_config(args))
+        except FileNotFoundError:
+            raise ConfigError(f"{where}: config file not found") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: not valid YAML: {e}") from None
+        except ValueError as e:
+            msg = str(e)
+            if "Unknown arguments from config file" in msg:
+                raise ConfigError(f"{where}: unknown key(s) (not an argument of this script): {msg}") from None
+            if "not used by the HfArgumentParser" in msg:
+                raise ConfigError(f"unknown command-line argument(s): {msg.split(':', 1)[1].strip()}") from None
+            raise ConfigError(f"invalid arguments ({where} and command line): {msg}") from None
+
+
+def make_parser(dataclass_types: Sequence[type], defaults: dict[str, Any] | None = None,
+                device: str | None = None) -> TrainerParser:
+    """A script's parser (see :class:`TrainerParser`); ``defaults`` are the script's own (YAML and CLI still win)."""
+    return TrainerParser(dataclass_types, defaults, device)
+
+
+# --------------------------------------------------------------------------------------------------------------- models
+
+def load_tokenizer(name_or_path: str, padding_side: str | None = None) -> Any:
+    """A tokenizer with a pad token (the EOS token when the tokenizer has none)."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(name_or_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if padding_side:
+        tok.padding_side = padding_side
+    return tok
+
+
+def model_init_kwargs(model_args: Any, training_args: Any = None) -> dict[str, Any]:
+    """``from_pretrained`` keyword arguments from TRL's ``ModelConfig`` (plus a config's own ``model_init_kwargs``)."""
+    kw: dict[str, Any] = {"revision": model_args.model_revision, "dtype": model_args.dtype}
+    if model_args.attn_implementation:
+        kw["attn_implementation"] = model_args.attn_implementation
+    extra = getattr(training_args, "model_init_kwargs", None) if training_args is not None else None
+    if isinstance(extra, str):
+        extra = json.loads(extra)
+    if extra:
+        kw.update(extra)
+    if getattr(training_args, "trust_remote_code", False):
+        kw.setdefault("trust_remote_code", True)
+    return kw
+
+
+@dataclass
+class Models:
+    """The model and tokenizer a script trains: names as given and the paths they load from (or in-memory objects)."""
+
+    name: str | None  # as given (model_name_or_path), for the card and the record
+    path: str | None  # where it loads from (resolve_model); None for an in-memory model
+    model: Any  # what the trainer gets: ``path`` or the in-memory model
+    tokenizer: Any
+
+
+def prepare_models(model_args: Any, script_args: Any, model: Any = None, tokenizer: Any = None) -> Models:
+    """Resolve ``model_name_or_path`` and the tokenizer (an in-memory model/tokenizer wins over the names)."""
     from evolkit.errors import ConfigError
 
-    p = Path(path)
-    if not p.exists() and not p.is_absolute() and (CONFIG_DIR / p.name).exists() and p.parent == Path("."):
-        p = CONFIG_DIR / p.name  # `--config sft_tiny.yaml` finds the packaged config
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a YAML mapping of argument names to values")
-    return data
+    name = model_args.model_name_or_path if model is None else None
+    if model is None and not name:
+        raise ConfigError("model_name_or_path is required")
+    path = resolve_model(name) if model is None else None
+    if tokenizer is None:
+        tok_name = script_args.tokenizer_name_or_path
+        tokenizer = load_tokenizer(resolve_model(tok_name) if tok_name else (path or model.config._name_or_path))
+    return Models(name=name, path=path, model=model if model is not None else path, tokenizer=tokenizer)
 
 
-def _cli_sets(argv: Sequence[str], key: str) -> bool:
-    """Whether the command line sets ``--key`` (to anything but false)."""
-    for i, a in enumerate(argv):
-        if a == f"--{key}":
-            nxt = argv[i + 1] if i + 1 < len(argv) else None
-            return nxt is None or nxt.startswith("--") or nxt.lower() not in ("false", "0", "no")
-        if a.startswith(f"--{key}="):
-            return a.split("=", 1)[1].lower() not in ("false", "0", "no")
-    return False
+def ensure_saved(model: Any, directory: str | os.PathLike[str], tokenizer: Any = None) -> str:
+    """Path a model can be reloaded from; a model built in memory is saved to ``directory`` first.
 
-
-def parse_args(
-    dataclass_types: Iterable[type],
-    argv: Sequence[str] | None = None,
-    defaults: dict[str, Any] | None = None,
-    device: str | None = None,
-) -> tuple[Any, ...]:
-    """Parse ``--config FILE`` (YAML) and ``--key value`` overrides into instances of ``dataclass_types``.
-
-    Precedence: command line > YAML file > ``defaults`` (the script's own) > CPU defaults > the dataclass defaults.
-    A YAML key ``env: {NAME: value}`` sets environment variables first (as in TRL's scripts).
+    TRL's GRPO/RLOO trainers build the KL reference by reloading ``model.config._name_or_path``: for a model that was
+    made with ``from_config`` (or changed after loading) that path is empty or stale, so save it and point there.
     """
-    from trl import TrlParser
-
-    from evolkit.errors import ConfigError
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    config: dict[str, Any] = {}
-    config_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv):
-            raise ConfigError("--config needs a file name")
-        config_path = argv[i + 1]
-        del argv[i : i + 2]
-        config = _load_yaml(config_path)
-    env = config.pop("env", None) or {}
-    if not isinstance(env, dict):
-        raise ConfigError(f"{config_path}: `env` must be a mapping")
-    for k, v in env.items():
-        os.environ[str(k)] = str(v)
-
-    parser = TrlParser(list(dataclass_types), allow_abbrev=False)  # a typo must not match a longer option
-    device = device or accelerator_type()
-    if device == "cpu":
-        parser.set_defaults_with_config(**cpu_defaults())
-        for key in ("bf16", "fp16"):
-            if config.get(key) is True:
-                warnings.warn(f"{config_path}: `{key}: true` needs a GPU; no accelerator found, training in float32",
-                              stacklevel=2)
-                config[key] = False
-            if _cli_sets(argv, key):
-                raise ConfigError(f"--{key} needs a GPU (no accelerator found); drop it to train in float32 on CPU")
-    if defaults:
-        parser.set_defaults_with_config(**defaults)
-    unknown = parser.set_defaults_with_config(**config)
-    if unknown:
-        keys = sorted({unknown[i][2:] for i in range(0, len(unknown), 2)})
-        raise ConfigError(f"{config_path}: unknown key(s) {', '.join(keys)} (not an argument of this script)")
-    try:
-        return tuple(parser.parse_args_into_dataclasses(args=argv))
-    except ValueError as e:
-        if "not used by the HfArgumentParser" in str(e):
-            raise ConfigError(f"unknown command-line argument(s): {str(e).split(':', 1)[1].strip()}") from None
-        raise
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(d)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(d)
+    model.config._name_or_path = str(d)
+    return str(d)
 
 
 # -------------------------------------------------------------------------------------------------------------- dataset
 
 
 def load_split(
-    name_or_path: str,
+    name_or_path: str | None,
     config: str | None,
     split: str,
     revision: str | None = None,
@@ -216,241 +278,20 @@ def load_split(
     return ds
 
 
-def load_tokenizer(name_or_path: str, padding_side: str | None = None) -> Any:
-    """A tokenizer with a pad token (the EOS token when the tokenizer has none)."""
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(name_or_path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
-    if padding_side:
-        tok.padding_side = padding_side
-    return tok
-
-
-def model_init_kwargs(model_args: Any, training_args: Any = None) -> dict[str, Any]:
-    """``from_pretrained`` keyword arguments from TRL's ``ModelConfig`` (plus a config's own ``model_init_kwargs``)."""
-    kw: dict[str, Any] = {"revision": model_args.model_revision, "dtype": model_args.dtype}
-    if model_args.attn_implementation:
-        kw["attn_implementation"] = model_args.attn_implementation
-    extra = getattr(training_args, "model_init_kwargs", None) if training_args is not None else None
-    if isinstance(extra, str):
-        extra = json.loads(extra)
-    if extra:
-        kw.update(extra)
-    if getattr(training_args, "trust_remote_code", False):
-        kw.setdefault("trust_remote_code", True)
-    return kw
-
-
-def ensure_saved(model: Any, directory: str | os.PathLike[str], tokenizer: Any = None) -> str:
-    """Path a model can be reloaded from; a model built in memory is saved to ``directory`` first.
-
-    TRL's GRPO/RLOO trainers build the KL reference by reloading ``model.config._name_or_path``: for a model that was
-    made with ``from_config`` (or changed after loading) that path is empty or stale, so save it and point there.
-    """
-    if isinstance(model, (str, os.PathLike)):
-        return str(model)
-    d = Path(directory)
-    d.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(d)
-    if tokenizer is not None:
-        tokenizer.save_pretrained(d)
-    model.config._name_or_path = str(d)
-    return str(d)
-
-
-# ----------------------------------------------------------------------------------------------------------- model card
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
-
-
-def hub_id_or_none(name: str | None) -> str | None:
-    """``name`` when it looks like a Hub repo id and is not a local path (card metadata must hold Hub ids only)."""
-    if not name or os.path.exists(name) or not _HUB_ID.match(name) or name.count("/") > 1:
-        return None
-    return name
-
-
-STAGE_TEXT = {
-    "sft": (
-        "Supervised fine-tuning (WizardMath step 1): the loss covers only the step-by-step response (the `completion`"
-        " column); the prompt is the WizardMath Alpaca template."
-    ),
-    "irm": (
-        "Instruction Reward Model (IRM, WizardMath step 2): a sequence-classification model trained on pairwise"
-        " preferences between evolved instructions (Bradley-Terry loss, with margins where the ranking gives them)."
-        " Its score of an instruction is r_I (the RL stage applies a sigmoid)."
-    ),
-    "prm": (
-        "Process-supervised Reward Model (PRM, WizardMath step 2): a token-classification model; each reasoning step"
-        " ends with a separator token whose 2-way prediction is the step's verdict (1 = correct)."
-    ),
-    "ppo": (
-        "Reinforcement learning from Evol-Instruct feedback (RLEIF, WizardMath step 3): the policy is optimised for"
-        " r = r_I x r_A, where r_I = sigmoid(IRM score of the instruction) and r_A is the PRM's judgement of the"
-        " generated steps."
-    ),
-}
-
-USAGE = {
-    "sft": """```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-tok = AutoTokenizer.from_pretrained("{model}")
-model = AutoModelForCausalLM.from_pretrained("{model}")
-prompt = ("Below is an instruction that describes a task. Write a response that appropriately completes the request."
-          "\\n\\n### Instruction:\\nWhat is 12 * 7?\\n\\n### Response: Let's think step by step.")
-out = model.generate(**tok(prompt, return_tensors="pt"), max_new_tokens=256)
-print(tok.decode(out[0], skip_special_tokens=True))
-```""",
-    "irm": """```python
-from trainers.rewards import IRMScorer
-irm = IRMScorer.from_pretrained("{model}")
-print(irm.instruction_reward(["What is 12 * 7?"]))   # sigmoid(score) = r_I
-```""",
-    "prm": """```python
-from trainers.prm import load_prm, step_probabilities
-model, tok = load_prm("{model}")
-print(step_probabilities(model, tok, "What is 12 * 7?", ["Step 1: 12 * 7 = 84.", "The answer is: 84"]))
-```""",
-    "ppo": """```python
-from transformers import AutoModelForCausalLM, AutoTokenizer
-model = AutoModelForCausalLM.from_pretrained("{model}")   # the policy; value_head.safetensors holds the PPO critic head
-```""",
-}
-
-CITATION = """```bibtex
-@article{luo2023wizardmath,
-  title={WizardMath: Empowering Mathematical Reasoning for Large Language Models via Reinforced Evol-Instruct},
-  author={Luo, Haipeng and Sun, Qingfeng and Xu, Can and Zhao, Pu and Lou, Jianguang and Tao, Chongyang and Geng,
-          Xiubo and Lin, Qingwei and Chen, Shifeng and Zhang, Dongmei},
-  journal={arXiv preprint arXiv:2308.09583},
-  year={2023}
-}
-```"""
-
-_CARD_ARGS = (
-    "learning_rate", "num_train_epochs", "max_steps", "per_device_train_batch_size", "gradient_accumulation_steps",
-    "lr_scheduler_type", "warmup_steps", "weight_decay", "max_length", "seed", "bf16",
-    "activation_checkpointing", "completion_only_loss", "packing", "beta", "num_generations", "max_completion_length",
-    "temperature", "kl_coef", "cliprange", "cliprange_value", "vf_coef", "gamma", "lam", "num_ppo_epochs",
-    "num_mini_batches", "response_length", "step_separator", "center_rewards_coefficient", "use_peft", "lora_r",
-    "lora_alpha", "lora_dropout", "algo", "answer_aggregation", "irm_model_name_or_path", "prm_model_name_or_path",
-)
-
-
-def _versions() -> dict[str, str]:
-    out = {}
-    for mod in ("evolkit", "torch", "transformers", "trl", "peft", "accelerate", "datasets"):
-        try:
-            out[mod] = __import__(mod).__version__
-        except Exception:  # pragma: no cover - optional packages
-            pass
-    return out
-
-
-def _flatten_args(objs: Iterable[Any]) -> dict[str, Any]:
-    vals: dict[str, Any] = {}
-    for o in objs:
-        if o is None:
-            continue
-        if is_dataclass(o):
-            for f in fields(o):
-                vals.setdefault(f.name, getattr(o, f.name, None))
-        elif isinstance(o, dict):
-            for k, v in o.items():
-                vals.setdefault(k, v)
-    return vals
-
-
-def write_model_card(
-    output_dir: str | os.PathLike[str],
-    stage: str,
-    base_model: str | None,
-    dataset_name: str | None,
-    dataset_config: str | None,
-    args: Iterable[Any] = (),
-    metrics: dict[str, Any] | None = None,
-    n_train_rows: int | None = None,
-    peft: bool = False,
-    extra: str = "",
-    repo_id: str | None = None,
-) -> Path:
-    """Write ``README.md`` (Hub model card: YAML metadata + description, data, hyper-parameters, results, usage)."""
-    from huggingface_hub import ModelCard, ModelCardData
-
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    base_id, data_id = hub_id_or_none(base_model), hub_id_or_none(dataset_name)
-    stage_tag = {"sft": "sft", "irm": "reward-model", "prm": "process-reward-model", "ppo": "reinforcement-learning"}
-    tags = ["evolkit", "wizardmath", "rleif", "math", stage_tag.get(stage, stage)]
-    if peft:
-        tags.append("lora")
-    data = ModelCardData(
-        base_model=base_id,
-        datasets=[data_id] if data_id else None,
-        library_name="peft" if peft else "transformers",
-        tags=tags,
-        pipeline_tag={"sft": "text-generation", "ppo": "text-generation", "irm": "text-classification",
-                      "prm": "token-classification"}.get(stage),
-    )
-    flat = _flatten_args(args)
-    shown = [k for k in _CARD_ARGS if flat.get(k) is not None and (peft or not k.startswith("lora_"))]
-    hp = "\n".join(f"| `{k}` | `{getattr(flat[k], 'value', flat[k])}` |" for k in shown)
-    res = ""
-    if metrics:
-        res = "\n".join(f"| `{k}` | {v:.6g} |" if isinstance(v, float) else f"| `{k}` | {v} |"
-                        for k, v in sorted(metrics.items()))
-    versions = "\n".join(f"- {k} {v}" for k, v in _versions().items())
-    name = repo_id or out.name
-    lora = ", LoRA adapter" if peft else ""
-    source = f"`{dataset_name}`" + (f" (config `{dataset_config}`)" if dataset_config else "")
-    rows = f", {n_train_rows} training rows" if n_train_rows is not None else ""
-    body = f"""---
-{data.to_yaml()}
----
-
-# {name}
-
-{STAGE_TEXT.get(stage, stage)}
-
-Trained with evolkit `trainers/` (stage `{stage}`{lora}), the WizardMath recipe (arXiv 2308.09583).
-
-## Training data
-
-{source}{rows}.
-
-Base model: `{base_model}`.
-
-## Hyper-parameters
-
-| argument | value |
-|---|---|
-{hp}
-
-## Results
-
-| metric | value |
-|---|---|
-{res or "| - | - |"}
-
-## Usage
-
-{USAGE.get(stage, "").replace("{model}", name)}
-{extra}
-
-## Framework versions
-
-{versions}
-
-## Citation
-
-{CITATION}
-"""
-    card = ModelCard(body)
-    path = out / "README.md"
-    card.save(path)
-    return path
+def dataset_record(script_args: Any, ds: Any, trained: Any = None, **extra: Any) -> dict[str, Any]:
+    """What ``evolkit_trainer.json`` says about the training data: ``rows`` handed to the trainer and, with
+    ``trained`` (the trainer's own dataset), ``trained_rows`` (TRL drops rows that ``max_length`` leaves without a
+    target; a warning says how many)."""
+    out = {"name": script_args.dataset_name, "config": script_args.dataset_config,
+           "split": script_args.dataset_train_split, "revision": script_args.dataset_revision,
+           "max_train_samples": script_args.max_train_samples, "rows": len(ds),
+           "fingerprint": getattr(ds, "_fingerprint", None)}
+    if trained is not None:
+        out["trained_rows"] = len(trained)
+        if len(trained) < len(ds):
+            log.warning("%s [%s]: the trainer dropped %d of %d rows (too long for max_length)",
+                        script_args.dataset_name, script_args.dataset_config, len(ds) - len(trained), len(ds))
+    return {**out, **extra}
 
 
 # ----------------------------------------------------------------------------------------------------------------- push
@@ -488,43 +329,78 @@ def push_folder(folder: str | os.PathLike[str], repo_id: str, token: str | None 
     return repo_id
 
 
-def finish(
-    output_dir: str,
-    stage: str,
-    script_args: Any,
-    model_args: Any,
-    training_args: Any,
-    push: dict[str, Any] | None,
-    metrics: dict[str, Any] | None = None,
-    n_train_rows: int | None = None,
-    extra: str = "",
-    is_main: bool = True,
-) -> str | None:
-    """Model card + optional push, on the main process only. Returns the pushed repo id (or None)."""
-    if not is_main:
-        return None
-    if getattr(script_args, "model_card", True):
-        write_model_card(
-            output_dir, stage, getattr(model_args, "model_name_or_path", None), script_args.dataset_name,
-            script_args.dataset_config, args=(script_args, model_args, training_args), metrics=metrics,
-            n_train_rows=n_train_rows, peft=bool(getattr(model_args, "use_peft", False)), extra=extra,
-            repo_id=push["repo_id"] if push else None,
-        )
-    if push:
-        repo = push_folder(output_dir, **push)
-        log.info("pushed %s to the Hub repo %s", output_dir, repo)
-        return repo
-    return None
+# --------------------------------------------------------------------------------------------------------------- finish
+
+
+@dataclass
+class TrainResult:
+    """What ``train`` returns: the folder the model was saved to (``os.fspath(result)`` is that path), the trainer
+    and its final metrics."""
+
+    output_dir: Path
+    trainer: Any = field(repr=False)
+    metrics: dict[str, Any]
+    hub_repo: str | None = None
+
+    def __fspath__(self) -> str:
+        return str(self.output_dir)
+
+    def __str__(self) -> str:
+        return str(self.output_dir)
 
 
 def final_metrics(trainer: Any) -> dict[str, Any]:
-    """The last logged training values (loss, runtime...) of a transformers/TRL Trainer."""
+    """The last logged training values (loss, runtime...) of a transformers/TRL Trainer, and its step count."""
     out: dict[str, Any] = {}
     for entry in getattr(trainer.state, "log_history", []):
         for k, v in entry.items():
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 out[k] = v
+    out["global_step"] = trainer.state.global_step
     return out
+
+
+def finish(
+    trainer: Any,
+    stage: str,
+    script: str,
+    script_args: Any,
+    model_args: Any,
+    training_args: Any,
+    models: Models,
+    data: dict[str, Any],
+    push: dict[str, Any] | None,
+    metrics: dict[str, Any],
+    is_main: bool = True,
+    extra_card: str = "",
+    extra_record: dict[str, Any] | None = None,
+) -> TrainResult:
+    """On the main process: ``evolkit_trainer.json``, the model card (unless ``model_card`` is off) and the optional
+    push. Returns the :class:`TrainResult`."""
+    out = Path(training_args.output_dir)
+    repo = None
+    if is_main:
+        peft = bool(getattr(model_args, "use_peft", False))
+        card.write_record(out, {
+            "stage": stage, "script": script, "output_dir": str(out.resolve()),
+            "model_name_or_path": models.name, "model_path": models.path, "peft": peft,
+            "dataset": data, **(extra_record or {}), "metrics": metrics,
+            "args": {"script": card.args_dict(script_args), "model": card.args_dict(model_args),
+                     "training": card.args_dict(training_args)},
+        })
+        if getattr(script_args, "model_card", True):
+            card.write_model_card(
+                out, stage, models.name, script_args.dataset_name, script_args.dataset_config,
+                args=(script_args, model_args, training_args), metrics=metrics, n_train_rows=data.get("rows"),
+                peft=peft, extra=extra_card, repo_id=push["repo_id"] if push else None,
+            )
+        if push:
+            repo = push_folder(out, **push)
+            log.info("pushed %s to the Hub repo %s", out, repo)
+    return TrainResult(output_dir=out, trainer=trainer, metrics=metrics, hub_repo=repo)
+
+
+# ----------------------------------------------------------------------------------------------------------- entry
 
 
 def setup_logging() -> None:
@@ -541,7 +417,26 @@ def setup_threads() -> None:
         torch.set_num_threads(n)
 
 
-def run_main(main: Any, argv: Sequence[str] | None = None) -> Any:
+def run(parse: Callable[[Sequence[str] | None], tuple[Any, ...]], train: Callable[..., TrainResult],
+        args_list: Sequence[str] | None = None) -> Path:
+    """A script's ``main``: parse, train, free the trainer (and its accelerator memory), return the output folder."""
+    setup_logging()
+    setup_threads()
+    result = train(*parse(args_list))
+    out = result.output_dir
+    del result
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # pragma: no cover - best effort
+        pass
+    return out
+
+
+def run_main(main: Callable[[Sequence[str] | None], Any], argv: Sequence[str] | None = None) -> Any:
     """Run a script's ``main`` and print user-fixable errors without a traceback (as the evolkit CLI does)."""
     from evolkit.errors import EvolkitError
 

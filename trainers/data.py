@@ -2,17 +2,18 @@
 
 * ``sft``: TRL's prompt/completion format as published (prompt = WizardMath Alpaca template, completion = " " + steps).
 * ``irm_pairs`` / ``irm_rankings``: TRL RewardTrainer's implicit-prompt preference rows (chosen, rejected, margin); a
-  ranking of k variants expands to its k(k-1)/2 ordered pairs (ties give none).
+  ranking expands to the pairs evolkit publishes as ``irm_pairs`` (every two variants of different rank).
 * ``prm``: TRL's stepwise-supervision rows (prompt, completions = steps, labels = step verdicts), tokenized here with
   one separator after each step whose token carries the step label; every other token is -100.
-* ``rl_prompts``: prompt (the template the policy sees), instruction (scored by the IRM), gold_answer.
+* ``rl_prompts``: prompt (the template the policy sees), instruction (scored by the IRM), gold_answer; the published
+  config holds the seed problems and every kept evolved problem (``source`` says which).
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
-from itertools import combinations
 from typing import Any
 
 from evolkit.errors import DataError
@@ -44,42 +45,32 @@ def sft_dataset(ds: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------------------------ IRM
 
-_SCORE_FIELDS = ("definition", "precision", "integrity")
+MARGINS = ("scores", "rank", "none")
 
 
-def _variant_score(v: dict[str, Any]) -> float | None:
-    vals = [float(v[f]) for f in _SCORE_FIELDS if v.get(f) is not None]
-    return sum(vals) / len(vals) if vals else None
+def ranking_pairs(row: dict[str, Any], margin: str = "scores", margin_scale: float = 1.0) -> list[dict[str, Any]]:
+    """RewardTrainer rows (chosen, rejected, margin) of one ``irm_rankings`` row.
 
-
-def pairs_from_ranking(row: dict[str, Any], margin: str = "scores", margin_scale: float = 1.0) -> list[dict[str, Any]]:
-    """Ordered (chosen, rejected) pairs of one ``irm_rankings`` row; rank 1 is best, equal ranks give no pair.
-
-    ``margin``: ``scores`` = difference of the judge's mean (definition, precision, integrity) scores when both variants
-    have them (else 0), ``rank`` = rank difference, ``none`` = 0. Negative score differences (a judge whose scores
-    disagree with its ranking) are clipped to 0. The margin is multiplied by ``margin_scale``.
+    The pairs are evolkit's own (:func:`evolkit.stages.irm.pairs_from_ranking`, which also makes the published
+    ``irm_pairs``): every two variants of different rank, the better one chosen. ``margin``: ``scores`` = that
+    function's judge-score margin (total score difference scaled to [0, 1], clipped at 0), ``rank`` = the rank gap,
+    ``none`` = 0; then multiplied by ``margin_scale``. Pairs of identical texts are dropped (their loss has no
+    gradient: both sides get the same score).
     """
-    if margin not in ("scores", "rank", "none"):
-        raise ValueError(f"margin must be scores, rank or none, not {margin!r}")
-    variants = sorted(row["variants"], key=lambda v: v["rank"])
+    from evolkit.stages.irm import pairs_from_ranking
+
+    if margin not in MARGINS:
+        raise ValueError(f"margin must be one of {', '.join(MARGINS)}, not {margin!r}")
+    gap = {}
+    if margin == "rank":  # pair id -> rank gap (pair ids are "<ranking id>:<chosen id>><rejected id>")
+        gap = {f"{row['id']}:{a['id']}>{b['id']}": float(b["rank"] - a["rank"])
+               for a in row["variants"] for b in row["variants"]}
     out = []
-    for a, b in combinations(variants, 2):
-        if a["rank"] == b["rank"] or a["text"] == b["text"]:
+    for p in pairs_from_ranking(row, "none" if margin == "rank" else margin):
+        if p.chosen == p.rejected:
             continue
-        m = 0.0
-        if margin == "rank":
-            m = float(b["rank"] - a["rank"])
-        elif margin == "scores":
-            sa, sb = _variant_score(a), _variant_score(b)
-            m = max(0.0, sa - sb) if sa is not None and sb is not None else 0.0
-        out.append({
-            "id": f"{row['id']}:{a['id']}>{b['id']}",
-            "ranking_id": row["id"],
-            "chosen": a["text"],
-            "rejected": b["text"],
-            "margin": m * margin_scale,
-            "label_source": row.get("label_source", "model"),
-        })
+        m = gap[p.id] if margin == "rank" else float(p.margin)
+        out.append({"chosen": p.chosen, "rejected": p.rejected, "margin": m * margin_scale})
     return out
 
 
@@ -92,7 +83,7 @@ def reward_dataset(ds: Any, use_margin: bool = True, margin: str = "scores", mar
 
     cols = ds.column_names
     if "variants" in cols:
-        rows = [p for r in ds for p in pairs_from_ranking(r, margin=margin, margin_scale=margin_scale)]
+        rows = [p for r in ds for p in ranking_pairs(r, margin=margin, margin_scale=margin_scale)]
         if not rows:
             raise DataError("irm_rankings: no ranking has two variants of different rank")
         ds = Dataset.from_list(rows)
@@ -183,7 +174,14 @@ def rl_dataset(ds: Any) -> Any:
     if "prompt" not in ds.column_names:
         raise DataError(f"rl_prompts dataset lacks a prompt column; has {ds.column_names}")
     if "instruction" not in ds.column_names:
-        ds = ds.map(lambda r: {"instruction": instruction_from_prompt(r["prompt"])})
+        ds = ds.map(lambda b: {"instruction": [instruction_from_prompt(p) for p in b["prompt"]]}, batched=True)
     if "gold_answer" not in ds.column_names:
-        ds = ds.map(lambda r: {"gold_answer": None})
+        ds = ds.add_column("gold_answer", [None] * len(ds))
     return ds.select_columns(list(RL_COLUMNS))
+
+
+def rl_sources(ds: Any) -> dict[str, int]:
+    """Rows per ``source`` of an ``rl_prompts`` split (seed datasets by name, evolved problems as ``evol``...)."""
+    if "source" not in ds.column_names:
+        return {"unknown": len(ds)}
+    return dict(sorted(Counter(str(s) for s in ds["source"]).items()))

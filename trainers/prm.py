@@ -60,10 +60,14 @@ class PRMConfig(TrainingArguments):
         super().__post_init__()
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
+def make_parser(device: str | None = None) -> common.TrainerParser:
     from trl import ModelConfig
 
-    return common.parse_args((PRMScriptArguments, PRMConfig, ModelConfig), argv)
+    return common.make_parser((PRMScriptArguments, PRMConfig, ModelConfig), device=device)
+
+
+def parse(args_list: Sequence[str] | None = None) -> tuple[Any, ...]:
+    return make_parser().parse(args_list)
 
 
 def disable_dropout(model: Any) -> None:
@@ -96,21 +100,18 @@ def compute_metrics(eval_pred: Any) -> dict[str, float]:
 
 
 def train(script_args: PRMScriptArguments, training_args: PRMConfig, model_args: Any, model: Any = None,
-          tokenizer: Any = None) -> Any:
+          tokenizer: Any = None) -> common.TrainResult:
+    """Train and save to ``training_args.output_dir``. ``model``/``tokenizer`` may be in-memory objects."""
     from transformers import DataCollatorForTokenClassification, Trainer
 
-    from evolkit.errors import ConfigError
-
-    name = model_args.model_name_or_path if model is None else None
-    if model is None and name is None:
-        raise ConfigError("model_name_or_path is required")
-    if tokenizer is None:
-        tokenizer = common.load_tokenizer(script_args.tokenizer_name_or_path or name or model.config._name_or_path)
-    if model is None:
-        model = build_model(name, **common.model_init_kwargs(model_args, training_args))
-    model.config.pad_token_id = tokenizer.pad_token_id
+    models = common.prepare_models(model_args, script_args, model, tokenizer)
+    tokenizer = models.tokenizer
+    net = models.model
+    if isinstance(net, str):
+        net = build_model(net, **common.model_init_kwargs(model_args, training_args))
+    net.config.pad_token_id = tokenizer.pad_token_id
     if training_args.disable_dropout:
-        disable_dropout(model)
+        disable_dropout(net)
     if model_args.use_peft:
         from peft import get_peft_model
         from trl import get_peft_config
@@ -118,7 +119,7 @@ def train(script_args: PRMScriptArguments, training_args: PRMConfig, model_args:
         peft_cfg = get_peft_config(model_args)
         if model_args.lora_task_type == "CAUSAL_LM":
             peft_cfg.task_type = "TOKEN_CLS"
-        model = get_peft_model(model, peft_cfg)
+        net = get_peft_model(net, peft_cfg)
 
     def load(split: str, n: int | None = None) -> Any:
         ds = common.load_split(script_args.dataset_name, script_args.dataset_config, split,
@@ -132,7 +133,7 @@ def train(script_args: PRMScriptArguments, training_args: PRMConfig, model_args:
         eval_ds = load(script_args.dataset_test_split)
     push = common.take_push_settings(training_args)
     trainer = Trainer(
-        model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        model=net, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
         data_collator=DataCollatorForTokenClassification(tokenizer, label_pad_token_id=IGNORE_INDEX),
         processing_class=tokenizer, compute_metrics=compute_metrics if eval_ds is not None else None,
     )
@@ -141,10 +142,10 @@ def train(script_args: PRMScriptArguments, training_args: PRMConfig, model_args:
     trainer.save_model(out)
     if training_args.should_save:
         save_prm_config(out, training_args.step_separator, training_args.max_length)
-    common.finish(out, "prm", script_args, model_args, training_args, push, metrics=common.final_metrics(trainer),
-                  n_train_rows=len(train_ds), extra=f"Step separator: `{json.dumps(training_args.step_separator)}`.",
-                  is_main=training_args.should_save)
-    return trainer
+    return common.finish(trainer, "prm", "trainers.prm", script_args, model_args, training_args, models,
+                         common.dataset_record(script_args, train_ds), push, common.final_metrics(trainer),
+                         is_main=training_args.should_save,
+                         extra_card=f"Step separator: `{json.dumps(training_args.step_separator)}`.")
 
 
 def save_prm_config(output_dir: str | Path, separator: str, max_length: int | None) -> None:
@@ -236,10 +237,8 @@ def step_probabilities(model: Any, tokenizer: Any, problem: str, solution: str |
     return batch_step_probabilities(model, tokenizer, [problem], [solution], separator, max_length)[0]
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    common.setup_logging()
-    common.setup_threads()
-    return train(*parse(argv))
+def main(args_list: Sequence[str] | None = None) -> Path:
+    return common.run(parse, train, args_list)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import common
@@ -31,15 +32,19 @@ class SFTScriptArguments(common.DatasetArguments):
 DEFAULTS = {"completion_only_loss": True}
 
 
-def parse(argv: Sequence[str] | None = None) -> tuple[Any, Any, Any]:
+def make_parser(device: str | None = None) -> common.TrainerParser:
     from trl import ModelConfig, SFTConfig
 
-    return common.parse_args((SFTScriptArguments, SFTConfig, ModelConfig), argv, defaults=DEFAULTS)
+    return common.make_parser((SFTScriptArguments, SFTConfig, ModelConfig), defaults=DEFAULTS, device=device)
+
+
+def parse(args_list: Sequence[str] | None = None) -> tuple[Any, ...]:
+    return make_parser().parse(args_list)
 
 
 def train(script_args: SFTScriptArguments, training_args: Any, model_args: Any, model: Any = None,
-          tokenizer: Any = None) -> Any:
-    """Train and save to ``training_args.output_dir``; returns the trainer. ``model``/``tokenizer`` may be objects."""
+          tokenizer: Any = None) -> common.TrainResult:
+    """Train and save to ``training_args.output_dir``. ``model``/``tokenizer`` may be in-memory objects."""
     from trl import SFTTrainer, get_peft_config
 
     train_ds = sft_dataset(common.load_split(
@@ -50,40 +55,33 @@ def train(script_args: SFTScriptArguments, training_args: Any, model_args: Any, 
     if script_args.dataset_test_split and training_args.eval_strategy != "no":
         eval_ds = sft_dataset(common.load_split(script_args.dataset_name, script_args.dataset_config,
                                                 script_args.dataset_test_split, script_args.dataset_revision))
-    model = model if model is not None else model_args.model_name_or_path
-    if model is None:
-        from evolkit.errors import ConfigError
-
-        raise ConfigError("model_name_or_path is required")
-    if isinstance(model, str):
+    models = common.prepare_models(model_args, script_args, model, tokenizer)
+    if isinstance(models.model, str):
         training_args.model_init_kwargs = common.model_init_kwargs(model_args, training_args)
-    if tokenizer is None:
-        tokenizer = common.load_tokenizer(script_args.tokenizer_name_or_path or (
-            model if isinstance(model, str) else model.config._name_or_path))
     push = common.take_push_settings(training_args)
     trainer = SFTTrainer(
-        model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds, processing_class=tokenizer,
-        peft_config=get_peft_config(model_args),
+        model=models.model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+        processing_class=models.tokenizer, peft_config=get_peft_config(model_args),
     )
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     out = training_args.output_dir
-    if model_args.use_peft and script_args.merge_adapter:
-        merged = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
+    merged = bool(model_args.use_peft and script_args.merge_adapter)
+    if merged:
+        full = trainer.accelerator.unwrap_model(trainer.model).merge_and_unload()
         if training_args.should_save:
-            merged.save_pretrained(out)
-            tokenizer.save_pretrained(out)
-        model_args.use_peft = False  # the card describes full weights now
+            full.save_pretrained(out)
+            models.tokenizer.save_pretrained(out)
+        model_args.use_peft = False  # the card and the record describe full weights now
     else:
         trainer.save_model(out)
-    common.finish(out, "sft", script_args, model_args, training_args, push, metrics=common.final_metrics(trainer),
-                  n_train_rows=len(train_ds), is_main=training_args.should_save)
-    return trainer
+    return common.finish(trainer, "sft", "trainers.sft", script_args, model_args, training_args, models,
+                         common.dataset_record(script_args, train_ds, trainer.train_dataset), push,
+                         common.final_metrics(trainer),
+                         is_main=training_args.should_save, extra_record={"merged_adapter": merged})
 
 
-def main(argv: Sequence[str] | None = None) -> Any:
-    common.setup_logging()
-    common.setup_threads()
-    return train(*parse(argv))
+def main(args_list: Sequence[str] | None = None) -> Path:
+    return common.run(parse, train, args_list)
 
 
 if __name__ == "__main__":

