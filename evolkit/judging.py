@@ -120,8 +120,11 @@ def yes_no(text: str | None) -> bool | None:
     if t.startswith("{"):
         try:
             t = str(find_json_object(t).get("answer", ""))
-        except JudgeParseError:
-            return None
+        except JudgeParseError:  # cut off after the answer (token limit): the answer itself is there
+            m = re.search(r'"answer"\s*:\s*"(yes|no)"', t, re.I)
+            if m is None:
+                return None
+            t = m.group(1)
     t = t.strip().strip("\"'.!*").lower()
     if t.startswith("yes"):
         return True

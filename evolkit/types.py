@@ -52,8 +52,8 @@ class BackendConfig(_Model):
     rpm: float | None = Field(None, gt=0)
     tpm: float | None = Field(None, gt=0)
     #: openai backend: the HTTP client. auto: a lean client for plain http:// endpoints without a proxy, the OpenAI
-    #: SDK's client otherwise; sdk: always the SDK's.
-    http_client: Literal["auto", "lean", "sdk"] = "auto"
+    #: SDK's client otherwise; sdk: always the SDK's; aiohttp: aiohttp's (see docs/performance.md for why not default).
+    http_client: Literal["auto", "lean", "sdk", "aiohttp"] = "auto"
     batch_size: int = Field(8, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine_kwargs: dict[str, Any] = {}

@@ -69,6 +69,7 @@ from .. import filters, prompts
 from ..answers import extract_answer, majority_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError
+from ..judging import yes_no, yes_no_schema
 from ..records import EvolExample, Problem
 from ..seeds import expand_path
 from ..types import StageContext, Step, StepEnv
@@ -145,6 +146,8 @@ class EliminationConfig(BaseModel):
     #: Also ask the main model whether each child is a real new problem (one short request per surviving child).
     llm_check: bool = False
     llm_check_prompt: str = "check_info_gain"
+    #: Ask for ``{"answer": "yes"|"no"}`` where the backend can constrain its output (a plain Yes/No is read too).
+    structured_output: bool = True
 
 
 class DedupConfig(BaseModel):
@@ -458,13 +461,14 @@ class Engine:
 
     async def llm_checks(self, items: list[tuple[Child, str]], r: int) -> dict[str, str]:
         """Child id -> the model's reply to the information-gain check (resumable)."""
-        sampling = self.ctx.sampling({"temperature": 0.0, "max_tokens": 8})
+        sampling = self.ctx.sampling({"temperature": 0.0, "max_tokens": 48})
         prompt = self.cfg.elimination.llm_check_prompt
+        schema = yes_no_schema() if self.cfg.elimination.structured_output else None
 
         def request(item: tuple[Child, str]) -> Request:
             c, t = item
             text = prompts.render(prompt, parent=c.parent.question, child=t)
-            return Request([{"role": "user", "content": text}], sampling, task="check:info_gain")
+            return Request([{"role": "user", "content": text}], sampling, task="check:info_gain", json_schema=schema)
 
         step = Step("main", items, key=lambda it: it[0].id, request=request, make_rows=check_rows,
                     desc=f"evolve: round {r} checking")
@@ -525,8 +529,7 @@ class Engine:
             replies = await self.llm_checks([(c, t) for c, t, _ in survivors], r)
             rest = []
             for c, t, row in survivors:
-                reply = replies.get(c.id, "").strip().lower()
-                if reply.startswith("no"):
+                if yes_no(replies.get(c.id)) is False:
                     self._eliminate(c, "no_information_gain_llm", "the LLM check answered No", stats, t,
                                     model=row.get("model"))
                     self.deduper.remove([c.id])

@@ -39,7 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import filters, prompts
 from ..backends import Request
 from ..errors import ConfigError
-from ..judging import JudgeParseError, as_score, find_json_object, norm_id
+from ..judging import JudgeParseError, as_score, find_json_object, irm_schema, norm_id
 from ..metrics import ranking_pair_agreement
 from ..records import IRMPair, IRMRanking, Problem, RankedVariant
 from ..types import StageContext, Step, StepEnv
@@ -82,6 +82,9 @@ class Config(BaseModel):
     #: Pair margin for TRL's RewardTrainer: none (0.0) or the normalised gap of the judge's total scores.
     pair_margin: Literal["none", "scores"] = "none"
     judge_prompt: str = "judge_irm"
+    #: Ask the judge for JSON that follows the answer's schema where the backend can constrain its output (OpenAI
+    #: response_format, vLLM structured outputs, llama-server); the tolerant parser reads the answer either way.
+    structured_output: bool = True
     rewrite_prompt: str = "irm_rewrite"
     judge_sampling: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1024}
     evolve_sampling: dict[str, Any] = {}
@@ -167,7 +170,8 @@ def judge_request(original: str, variants: dict[str, str], order: list[str], cfg
     text = prompts.render(
         cfg.judge_prompt, original=original, ids=order, variants=[{"id": v, "text": variants[v]} for v in order]
     )
-    return Request([{"role": "user", "content": text}], task="judge:irm")
+    return Request([{"role": "user", "content": text}], task="judge:irm",
+                   json_schema=irm_schema(list(order)) if cfg.structured_output else None)
 
 
 def parse_irm_judgement(text: str, ids: list[str]) -> dict[str, Any]:

@@ -46,7 +46,7 @@ from ..answers import extract_answer, split_steps
 from ..backends import Backend, Request, Sampling
 from ..backends.base import LazyRequests
 from ..errors import ConfigError, DataError
-from ..judging import JudgeParseError, find_json_object, strip_step_marker, to_bool
+from ..judging import JudgeParseError, find_json_object, prm_schema, strip_step_marker, to_bool
 from ..metrics import accuracy, cohen_kappa, confusion, first_error_f1, per_class
 from ..progress import Progress
 from ..records import PRMExample, Problem
@@ -82,6 +82,8 @@ class Config(BaseModel):
     labellers: list[Literal["judge", "montecarlo"]] = ["judge"]
     # judge
     judge_prompt: str = "judge_prm"
+    #: Ask the judge for JSON that follows the answer's schema where the backend can constrain its output.
+    structured_output: bool = True
     allow_neutral: bool = True
     neutral_as: Literal["correct", "incorrect"] = "correct"
     judge_sampling: dict[str, Any] = {"temperature": 0.0, "max_tokens": 1024}
@@ -99,7 +101,8 @@ class Config(BaseModel):
 def judge_request(problem: str, steps: list[str], cfg: Config, sampling: Sampling | None = None) -> Request:
     text = prompts.render(cfg.judge_prompt, problem=problem, steps=[strip_step_marker(s) for s in steps],
                           allow_neutral=cfg.allow_neutral)
-    return Request([{"role": "user", "content": text}], sampling or Sampling(), task="judge:prm")
+    schema = prm_schema(len(steps), cfg.allow_neutral) if cfg.structured_output else None
+    return Request([{"role": "user", "content": text}], sampling or Sampling(), task="judge:prm", json_schema=schema)
 
 
 _ALIASES = {"correct": "correct", "right": "correct", "good": "correct", "positive": "correct", "+": "correct",
