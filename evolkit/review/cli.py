@@ -109,17 +109,19 @@ def cmd_push(args: argparse.Namespace) -> int:
         raise EvolkitError(f"--budget must be at least 1, got {budget}")
     for kind in _kinds(args.dataset):
         labeller = args.labeller
-        layout = args.prm_layout if kind == "prm" else None
+        name = args.name if args.name and args.dataset != "all" else (
+            f"{args.name}-{kind}" if args.name else default_dataset_name(store, kind))
+        state_file = _state_path(store, kind)
+        old = json.loads(state_file.read_text()) if state_file.exists() else {}
+        layout = None
+        if kind == "prm":  # pushing again to a dataset keeps its layout unless one is asked for
+            layout = args.prm_layout or (old.get("layout", "step") if old.get("dataset") == name else "solution")
         items = build_items(store, kind, labeller, layout or "solution")
         chosen = priority.select(items, budget)
         sent = priority.summary(items, chosen, budget)
-        name = args.name if args.name and args.dataset != "all" else (
-            f"{args.name}-{kind}" if args.name else default_dataset_name(store, kind))
         allow_neutral = stage_config(store, "prm").allow_neutral if kind == "prm" else True
         res = be.push(kind, chosen, dataset=name, workspace=args.workspace, min_submitted=args.min_submitted,
                       allow_neutral=allow_neutral, layout=layout or "solution")
-        state_file = _state_path(store, kind)
-        old = json.loads(state_file.read_text()) if state_file.exists() else {}
         same = old.get("dataset") == res.dataset and old.get("layout") == layout
         state = {"dataset": res.dataset, "workspace": res.workspace, "url": res.url, "labeller": labeller,
                  "layout": layout, "items": len(chosen), "records_on_server": res.total,
@@ -445,9 +447,9 @@ def add_commands(sub: Any) -> None:
                          "confidence, swapped-order or judge vs Monte-Carlo disagreement; default: all")
     pp.add_argument("--limit", type=int, help=argparse.SUPPRESS)  # the earlier name of --budget
     pp.add_argument("--labeller", default="judge", choices=["judge", "montecarlo"], help="which PRM labels to review")
-    pp.add_argument("--prm-layout", choices=list(adapter.PRM_LAYOUTS), default="solution",
-                    help="PRM records: one per solution with a 'first incorrect step' question (default), or one "
-                         "per step with a correct/incorrect/neutral label")
+    pp.add_argument("--prm-layout", choices=list(adapter.PRM_LAYOUTS),
+                    help="PRM records: one per solution with a 'first incorrect step' question (default for a new "
+                         "dataset), or one per step with a correct/incorrect/neutral label (default: the dataset's)")
     _conn_args(pp)
     pp.set_defaults(func=cmd_push)
 
