@@ -21,7 +21,7 @@ Dataset designs (guidelines: :data:`evolkit.review.adapter.IRM_GUIDELINES` / ``P
 Every dataset also has metadata ``review_order`` (1 = least certain, see :mod:`evolkit.review.priority`),
 ``uncertainty`` and ``why``. Argilla 2.8 shows each annotator the pending records in an order of its own (a random
 score seeded by the user id) unless a sort is chosen, so the dataset link evolkit prints carries the sort
-(``?_sort=metadata.review_order:asc``) and the guidelines tell reviewers to keep it.
+(``?sort=metadata.review_order.asc``) and the guidelines tell reviewers to keep it.
 
 Records are keyed by evolkit's item id (Argilla's ``external_id``), so ``records.log`` upserts: pushing again updates
 fields, metadata and suggestions and keeps reviewers' responses; nothing is duplicated. The hash of what reviewers see
@@ -150,10 +150,10 @@ class ArgillaReview:
         url = f"{self.conn.url}/dataset/{ds.id}/annotation-mode"
         if not sort:
             return url
-        keys = ["metadata.review_order:asc"]
+        keys = ["metadata.review_order.asc"]  # the web UI's `sort` query: entity.name.order, joined by "~"
         if "step_number" in {m.name for m in ds.settings.metadata}:
-            keys.append("metadata.step_number:asc")
-        return f"{url}?_sort={','.join(keys)}"
+            keys.append("metadata.step_number.asc")
+        return f"{url}?sort={'~'.join(keys)}"
 
     # ------------------------------------------------------------------------------------------ settings
     def _priority_metadata(self) -> list[Any]:
@@ -300,8 +300,8 @@ class ArgillaReview:
         meta = {k: v for k, v in meta.items() if v is not None and v != []}
         meta["content_hash"] = item.content_hash
         if kind == "irm":
-            fields = {"instruction": c["instruction"]}
-            fields.update({f"version_{v}": t for v, t in c["versions"].items()})
+            fields = {"instruction": fold_figures(c["instruction"])}
+            fields.update({f"version_{v}": fold_figures(t) for v, t in c["versions"].items()})
             ranked = sorted(item.suggestion["ranking"], key=lambda v: (item.suggestion["ranking"][v], v))
             empty = [v for v in VERSION_IDS[:slots] if v not in item.suggestion["ranking"]]
             value = ranked + empty
@@ -319,6 +319,29 @@ class ArgillaReview:
             score = float(item.score) if item.score is not None else None
             sugg = [rg.Suggestion(question_name="label", value=item.suggestion["label"], score=score, agent=item.agent)]
         return rg.Record(id=item.id, fields=fields, metadata=meta, suggestions=sugg)
+
+    def _put_ranking_suggestions(self, ds: Any, items: list[ReviewItem], slots: int) -> None:
+        """The judge's ranking with its ranks. The SDK (2.8) sends a ranking suggestion as the version ids in order,
+        which the server stores with every rank empty, so the web UI shows no suggested rank; this upserts the
+        suggestions again over the REST API (records by external id), ranks included (ties kept, empty versions
+        last)."""
+        http = self.client.api.http_client
+        qid = str(ds.settings.questions["ranking"]._model.id)
+        body = []
+        for it in items:
+            ranking = it.suggestion["ranking"]
+            worst = max(ranking.values()) + 1
+            value = [{"value": v, "rank": ranking.get(v, worst)} for v in VERSION_IDS[:slots]]
+            value.sort(key=lambda x: (x["rank"], x["value"]))
+            sugg: dict[str, Any] = {"question_id": qid, "value": value, "agent": it.agent}
+            if it.score is not None:
+                sugg["score"] = [float(it.score)] * len(value)
+            body.append({"external_id": it.id, "suggestions": [sugg]})
+        for i in range(0, len(body), PAGE):
+            resp = http.put(f"/api/v1/datasets/{ds.id}/records/bulk", json={"items": body[i:i + PAGE]})
+            if resp.status_code != 200:
+                raise ReviewError(f"setting the judge's rankings on {ds.name!r} failed: HTTP {resp.status_code} "
+                                  f"{resp.text[:300]}")
 
     def existing_ids(self, ds: Any) -> set[str]:
         return {it["external_id"] for it in self._iter_records(ds, include=())}
@@ -377,6 +400,8 @@ class ArgillaReview:
         records = [self._record(kind, it, slots) for it in items]
         if records:
             ds.records.log(records)
+        if kind == "irm" and items:
+            self._put_ranking_suggestions(ds, items, slots)
         ids = {it.id for it in items}
         return PushResult(dataset=dataset, workspace=ws.name, url=self.dataset_url(ds),
                           created=len(ids - existing), updated=len(ids & existing), dataset_created=created_ds,
