@@ -217,30 +217,25 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def print_multi(kind: str, log: list[dict[str, Any]], limit: int = 20) -> None:
-    """The records answered by two or more reviewers: each answer, the record's agreement and its resolution."""
+    """The records answered by two or more reviewers, one line each: every answer, the record's agreement and how it
+    was resolved (least agreement first)."""
+    from ..metrics import fmt
+
     rows = [r for r in log if len(r.get("reviewers") or []) >= 2]
     if not rows:
         return
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..metrics import fmt
-
-    t = Table(title=f"{kind.upper()} records answered by several reviewers ({len(rows)})")
-    for c in ("record", "answers", "agreement", "resolved", "how"):
-        t.add_column(c)
+    print(f"{kind.upper()} records answered by several reviewers ({len(rows)}): answers | agreement | resolved (how)")
     for r in sorted(rows, key=lambda r: (r.get("agreement") if r.get("agreement") is not None else 2.0, r["id"]))[:limit]:
         if kind == "irm":
-            answers = "; ".join(f"{u}: " + " ".join(v for v, _ in sorted(rk.items(), key=lambda kv: (kv[1], kv[0])))
+            answers = "; ".join(f"{u}: " + " > ".join(v for v, _ in sorted(rk.items(), key=lambda kv: (kv[1], kv[0])))
                                 for u, rk in sorted((r.get("rankings") or {}).items()))
             hr = r.get("human_ranking") or {}
             resolved = " ".join(f"{v}={n}" for v, n in sorted(hr.items(), key=lambda kv: (kv[1], kv[0])))
         else:
             answers = "; ".join(f"{u}: {_fe(v)}" for u, v in sorted((r.get("answers") or {}).items()))
             resolved = _fe(r.get("first_error"))
-        t.add_row(r["id"], answers, fmt(r.get("agreement")), resolved + (" (flagged)" if r.get("flagged") else ""),
-                  str(r.get("resolution") or ""))
-    Console().print(t)
+        flag = ", flagged" if r.get("flagged") else ""
+        print(f"  {r['id']}  {answers} | agreement {fmt(r.get('agreement'))} | {resolved} ({r.get('resolution')}{flag})")
     if len(rows) > limit:
         print(f"  ... {len(rows) - limit} more in review/{'irm_review' if kind == 'irm' else 'prm_review'}")
 
@@ -310,10 +305,10 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
             + f"; first-error F1 {fmt(fe['f1'])} on {fe['n_error'] + fe['n_correct']} fully reviewed solutions")
     if rep.get("answers"):
         a = rep["answers"]
-        con.print(f"answers: {a['new']} new, {a['changed']} changed, {a['unchanged']} unchanged since the last pull, "
-                  f"{a['kept_from_earlier_pull']} kept from an earlier pull (no longer on the server)")
+        print(f"answers: {a['new']} new, {a['changed']} changed, {a['unchanged']} unchanged since the last pull, "
+              f"{a['kept_from_earlier_pull']} kept from an earlier pull (no longer on the server)")
     if rep.get("sent") is not None:
-        con.print(f"sent to review: {rep['sent']} of {rep['available']} ({rep['selection']})")
+        print(f"sent to review: {rep['sent']} of {rep['available']} ({rep['selection']})")
     if rep.get("plot"):
         con.print(f"plot: {rep['plot']}")
 
