@@ -427,7 +427,7 @@ def _judgement(sid: str, labels3: list[str], conf: list[float]) -> dict:
 
 
 def test_least_certain_first_and_budget():
-    """Order: swapped-order disagreement (IRM) and judge vs Monte-Carlo disagreement (PRM) first, then low confidence."""
+    """Order: swapped-order disagreement (IRM), judge vs Monte-Carlo disagreement (PRM), then low confidence."""
     def ranking(rid: str, gap: float, consistent: bool = True) -> dict:
         return {"id": rid, "instruction_id": rid, "instruction": "q", "judge": "j", "consistent": consistent,
                 "agreement": 1.0, "label_source": "model",

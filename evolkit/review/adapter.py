@@ -203,8 +203,8 @@ def prm_solution_items(examples: list[dict[str, Any]], judgements: list[dict[str
                        problems: dict[str, dict[str, Any]] | None = None,
                        labeller: str = "judge") -> list[ReviewItem]:
     """Layout ``solution``: one item per PRM row of ``labeller``: the problem and the steps; the suggestion is the
-    labeller's first incorrect step (0 = none) with its confidence (:func:`evolkit.review.priority.solution_confidence`).
-    Least certain first."""
+    labeller's first incorrect step (0 = none) with its confidence
+    (:func:`evolkit.review.priority.solution_confidence`). Least certain first."""
     from .priority import rank
 
     problems = problems or {}

@@ -173,7 +173,8 @@ class ArgillaReview:
             fields += [rg.TextField(name=f"version_{v}", title=f"Version {v}", use_markdown=True, required=i < 2)
                        for i, v in enumerate(ids)]
             questions = [
-                rg.RankingQuestion(name="ranking", title="Rank the versions (1 = best)", values={v: f"Version {v}" for v in ids},
+                rg.RankingQuestion(name="ranking", title="Rank the versions (1 = best)",
+                                   values={v: f"Version {v}" for v in ids},
                                    description="Definition, precision, integrity; an empty version goes last."),
                 rg.TextQuestion(name="comment", title="Comment (optional)", required=False),
             ]

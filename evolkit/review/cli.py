@@ -225,7 +225,8 @@ def print_multi(kind: str, log: list[dict[str, Any]], limit: int = 20) -> None:
     if not rows:
         return
     print(f"{kind.upper()} records answered by several reviewers ({len(rows)}): answers | agreement | resolved (how)")
-    for r in sorted(rows, key=lambda r: (r.get("agreement") if r.get("agreement") is not None else 2.0, r["id"]))[:limit]:
+    rows.sort(key=lambda r: (r.get("agreement") if r.get("agreement") is not None else 2.0, r["id"]))
+    for r in rows[:limit]:
         if kind == "irm":
             answers = "; ".join(f"{u}: " + " > ".join(v for v, _ in sorted(rk.items(), key=lambda kv: (kv[1], kv[0])))
                                 for u, rk in sorted((r.get("rankings") or {}).items()))
@@ -235,7 +236,8 @@ def print_multi(kind: str, log: list[dict[str, Any]], limit: int = 20) -> None:
             answers = "; ".join(f"{u}: {_fe(v)}" for u, v in sorted((r.get("answers") or {}).items()))
             resolved = _fe(r.get("first_error"))
         flag = ", flagged" if r.get("flagged") else ""
-        print(f"  {r['id']}  {answers} | agreement {fmt(r.get('agreement'))} | {resolved} ({r.get('resolution')}{flag})")
+        print(f"  {r['id']}  {answers} | agreement {fmt(r.get('agreement'))} | {resolved} "
+              f"({r.get('resolution')}{flag})")
     if len(rows) > limit:
         print(f"  ... {len(rows) - limit} more in review/{'irm_review' if kind == 'irm' else 'prm_review'}")
 
@@ -268,9 +270,9 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
         con.print(t)
         con.print(f"judge vs resolved humans: exact ranking {fmt(jh['exact_ranking'])}, top-1 {fmt(jh['top1'])}")
     elif rep.get("layout") == "solution":
-        con.print(f"[bold]PRM[/bold] {rep['dataset']}: {rep['solutions']} solutions: {rep['human_solutions']} reviewed, "
-                  f"{rep['model_solutions']} model only, {rep['excluded_solutions']} discarded, {rep['flagged']} "
-                  f"flagged (tied); {rep['stale_responses']} stale, {rep['draft_responses']} draft and "
+        con.print(f"[bold]PRM[/bold] {rep['dataset']}: {rep['solutions']} solutions: {rep['human_solutions']} "
+                  f"reviewed, {rep['model_solutions']} model only, {rep['excluded_solutions']} discarded, "
+                  f"{rep['flagged']} flagged (tied); {rep['stale_responses']} stale, {rep['draft_responses']} draft and "
                   f"{rep['invalid_answers']} invalid answers ignored")
         t = Table(title="PRM agreement (unit: a solution's first incorrect step, none / 1 / 2 ...)")
         for c in ("who", "solutions", "agreement", "kappa"):
@@ -294,7 +296,8 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
         for p in rep["annotators"]:
             t.add_row(f"{p['a']} vs {p['b']}", str(p["steps"]), fmt(p["agreement"]), fmt(p["kappa"]), fmt(p["kappa3"]))
         jh = rep["judge_vs_human"]
-        t.add_row("judge vs resolved humans", str(jh["steps"]), fmt(jh["accuracy"]), fmt(jh["kappa"]), fmt(jh["kappa3"]))
+        t.add_row("judge vs resolved humans", str(jh["steps"]), fmt(jh["accuracy"]), fmt(jh["kappa"]),
+                  fmt(jh["kappa3"]))
         for u, d in rep["judge_vs_annotator"].items():
             t.add_row(f"judge vs {u}", str(d["steps"]), fmt(d["agreement"]), fmt(d["kappa"]), fmt(d["kappa3"]))
         con.print(t)

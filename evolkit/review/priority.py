@@ -16,9 +16,10 @@ first N records (per-step layout: the steps of the first N solutions). The reaso
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .adapter import ReviewItem
+if TYPE_CHECKING:  # annotations only: the adapter builds items with these functions
+    from .adapter import ReviewItem
 
 LOW_CONFIDENCE = 0.6  # below this a judgement's confidence is listed as a reason ("low confidence")
 

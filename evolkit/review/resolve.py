@@ -154,7 +154,8 @@ def resolve_irm(rankings: list[dict[str, Any]], items: list[ReviewItem], pulled:
             "pair_accuracy": accuracy(human_units, judge_units),
             "kappa": cohen_kappa(human_units, judge_units),
         },
-        "judge_vs_annotator": {u: _irm_vs_model(rks, {r["id"]: r for r in rankings}) for u, rks in sorted(per_user.items())},
+        "judge_vs_annotator": {u: _irm_vs_model(rks, {r["id"]: r for r in rankings})
+                               for u, rks in sorted(per_user.items())},
     }
     return {"irm_rankings": sorted(out_rows, key=lambda r: r["id"]), "irm_pairs": sorted(pairs, key=lambda r: r["id"]),
             "irm_review": sorted(log_rows, key=lambda r: r["id"]), "report": report}
@@ -276,7 +277,8 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
             "kappa": cohen_kappa(bin_true, bin_pred),
             "accuracy3": accuracy(h3, j3),
             "kappa3": cohen_kappa(h3, j3),
-            "per_class": per_class([names[x] for x in bin_true], [names[x] for x in bin_pred], ["correct", "incorrect"]),
+            "per_class": per_class([names[x] for x in bin_true], [names[x] for x in bin_pred],
+                                   ["correct", "incorrect"]),
             "first_error": first_error_f1(fe_true, fe_pred),
         },
         "judge_vs_annotator": {u: _prm_vs_model(labs, by_item, neutral_as) for u, labs in sorted(per_user.items())},
@@ -306,7 +308,7 @@ def _prm_inter_annotator(per_user: dict[str, dict[str, str]], neutral_as: str) -
     return out
 
 
-# ---------------------------------------------------------------------------------------------------------- PRM (solutions)
+# ------------------------------------------------------------------------------------------------- PRM (solutions)
 def _labels_from_first_error(fe: int, n: int) -> list[bool]:
     """Published labels of an answer: steps before ``fe`` correct, step ``fe`` incorrect, nothing after it."""
     return [True] * n if fe == 0 else [True] * (fe - 1) + [False]
