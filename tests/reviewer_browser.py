@@ -97,8 +97,8 @@ class Reviewer:
         return (root or self.driver).find_elements(By.CSS_SELECTOR, selector)
 
     def visible(self, selector: str) -> Any:
-        from selenium.webdriver.support import expected_conditions as EC
         from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions as EC
 
         return self.wait(EC.visibility_of_element_located((By.CSS_SELECTOR, selector)), message=selector)
 

@@ -40,8 +40,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import EvolkitError
-from .adapter import (IRM_GUIDELINES, PRM_GUIDELINES, PRM_SOLUTION_GUIDELINES, VERSION_IDS, ItemResponses, Kind, Layout,
-                      PushResult, Response, ReviewItem)
+from .adapter import (
+    IRM_GUIDELINES,
+    PRM_GUIDELINES,
+    PRM_SOLUTION_GUIDELINES,
+    VERSION_IDS,
+    ItemResponses,
+    Kind,
+    Layout,
+    PushResult,
+    Response,
+    ReviewItem,
+)
 from .markdown import fold_figures, numbered_steps
 
 log = logging.getLogger("evolkit.review")

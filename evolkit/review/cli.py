@@ -272,8 +272,8 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
     elif rep.get("layout") == "solution":
         con.print(f"[bold]PRM[/bold] {rep['dataset']}: {rep['solutions']} solutions: {rep['human_solutions']} "
                   f"reviewed, {rep['model_solutions']} model only, {rep['excluded_solutions']} discarded, "
-                  f"{rep['flagged']} flagged (tied); {rep['stale_responses']} stale, {rep['draft_responses']} draft and "
-                  f"{rep['invalid_answers']} invalid answers ignored")
+                  f"{rep['flagged']} flagged (tied); {rep['stale_responses']} stale, {rep['draft_responses']} draft "
+                  f"and {rep['invalid_answers']} invalid answers ignored")
         t = Table(title="PRM agreement (unit: a solution's first incorrect step, none / 1 / 2 ...)")
         for c in ("who", "solutions", "agreement", "kappa"):
             t.add_column(c)
