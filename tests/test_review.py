@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -354,6 +355,37 @@ def test_pull_again_and_push_after_review_keep_answers(pulled, run, pushed, argi
     assert main(["review", "pull", str(run.root), "--dataset", "prm", "--no-plot"]) == 0
     # the IRM outputs of the earlier pull are kept when only PRM is pulled
     assert (run.load("review", "irm_rankings"), run.load("review", "prm")) == before
+
+
+def test_budget_least_certain_first_on_an_older_dataset(env, run, argilla_client, capsys, tmp_path):
+    """--budget sends the N least certain solutions; a dataset made before the ordering metadata existed gets it, and
+    the server's metadata sort returns the records least certain first."""
+    import argilla as rg
+
+    from evolkit.review.argilla_backend import ArgillaReview, connection
+    from evolkit.review.cli import build_items
+    from evolkit.store import RunStore
+
+    run = RunStore(shutil.copytree(run.root, tmp_path / "run"))  # its own push state
+    be = ArgillaReview(connection())
+    new = be.settings("prm", layout="step")
+    old = rg.Settings(fields=list(new.fields), questions=list(new.questions), guidelines=new.guidelines,
+                      metadata=[m for m in new.metadata if m.name not in ("review_order", "uncertainty", "why")],
+                      allow_extra_metadata=True)
+    name = f"t-{uuid.uuid4().hex[:6]}-old"
+    rg.Dataset(name=name, workspace="evolkit", settings=old, client=argilla_client).create()
+    assert push(run, "prm", name, "--prm-layout", "step", "--budget", "2") == 0
+    out = capsys.readouterr().out
+    assert "sent 2 of" in out and "sort=metadata.review_order.asc~metadata.step_number.asc" in out
+    ds = _dataset(argilla_client, name)
+    assert {"review_order", "uncertainty", "why"} <= {m.name for m in ds.settings.metadata}
+    want = [i.id for i in build_items(run, "prm", "judge", "step") if i.metadata["review_order"] <= 2]
+    body = {"sort": [{"scope": {"entity": "metadata", "metadata_property": p}, "order": "asc"}
+                     for p in ("review_order", "step_number")]}
+    resp = requests.post(f"{env.url}/api/v1/datasets/{ds.id}/records/search", json=body, params={"limit": 100},
+                         headers={"X-Argilla-Api-Key": env.api_key}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert [i["record"]["external_id"] for i in resp.json()["items"]] == want
 
 
 # ------------------------------------------------------------------------------------------------------ errors

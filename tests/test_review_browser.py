@@ -317,7 +317,9 @@ def test_two_reviewers_disagree_and_pulls_merge(env, fixture_run, tmp_path, shot
     name = f"b-{uuid.uuid4().hex[:6]}-prm2"
     assert cli("review", "push", str(run.root), "--dataset", "prm", "--name", name, "--budget", "2",
                "--min-submitted", "2") == 0
-    url = pushed_url(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    (shots / "push-budget.txt").write_text(out)
+    url = pushed_url(out)
     a, b = build_items(run, "prm", "judge", "solution")[:2]
     fa, fb = a.suggestion["first_error"], b.suggestion["first_error"]
     other = 1 if fa != 1 else 0  # reviewer2's answer on record a differs from reviewer1's (= the judge's)
@@ -342,6 +344,7 @@ def test_two_reviewers_disagree_and_pulls_merge(env, fixture_run, tmp_path, shot
     capsys.readouterr()
     assert cli("review", "pull", str(run.root), "--dataset", "prm", "--no-plot") == 0
     out = capsys.readouterr().out
+    (shots / "pull-two-reviewers.txt").write_text(out)
     assert "answers: 2 new, 0 changed, 2 unchanged since the last pull, 0 kept" in out
     assert "PRM records answered by several reviewers (2)" in out
     answers = run.load("review", "prm_answers")
