@@ -129,6 +129,18 @@ class Reviewer:
         self.css("button[type=submit]")[0].click()
         self.wait(lambda d: "/sign-in" not in d.current_url, message="still on the sign-in page")
 
+    def open_from_home(self, dataset: str) -> None:
+        """The home page lists the datasets of the reviewer's workspaces: click one by its name."""
+        from selenium.webdriver.common.by import By
+
+        self.driver.get(self.base_url)
+        link = self.wait(lambda d: next(iter(d.find_elements(By.XPATH, f"//*[normalize-space(text())='{dataset}']")),
+                                        None), message=f"dataset {dataset!r} on the home page")
+        self.click(link)
+        self.wait(lambda d: "/dataset/" in d.current_url, message=f"dataset {dataset!r} page")
+        self.visible(".text_field_component .markdown-render")
+        self.actions.clear()  # finding the dataset is not work on a record
+
     def open(self, url: str) -> None:
         """A dataset's annotation page; returns once a record is shown."""
         self.driver.get(url)
@@ -152,15 +164,15 @@ class Reviewer:
         return "\n".join(el.text for el in self.fields().values())
 
     def guidelines(self) -> str:
-        """Open the guidelines panel (if closed) and return its text."""
+        """Open the guidelines panel (if closed) and return its text (all of it: part may be scrolled out of view)."""
         header = self.visible(".panel__header")
         if header.get_attribute("aria-expanded") != "true":
             header.click()
         self.wait(lambda d: header.get_attribute("aria-expanded") == "true", message="guidelines panel")
         panel = self.wait(lambda d: next((p for p in self.css(".panel") if "--collapsed" not in
-                                          (p.get_attribute("class") or "") and p.text.strip()), None),
-                          message="guidelines text")
-        return panel.text
+                                          (p.get_attribute("class") or "") and p.is_displayed()
+                                          and p.text.strip()), None), message="guidelines text")
+        return panel.get_attribute("textContent")
 
     def close_guidelines(self) -> None:
         header = self.visible(".panel__header")

@@ -120,7 +120,8 @@ def test_irm_page_ranking_and_discard(env, fixture_run, tmp_path, shots, capsys)
     rows = {r["id"]: r for r in run.load("irm", "irm_rankings")}
 
     with reviewer(env, 0, shots) as r:
-        r.open(url)
+        r.open_from_home(name)  # the reviewer finds the dataset on the home page ...
+        r.open(url)  # ... and works from the link push printed: least certain first
         assert plain(r.visible(".pagination__info").text) == "1 of 4"
         first, second = order[0], order[1]
         fields = r.fields()
@@ -218,8 +219,14 @@ def test_prm_pages_first_incorrect_step_and_actions(env, fixture_run, tmp_path, 
         for n, it in enumerate(step_items):
             sid, k = it.metadata["solution"], it.metadata["step_number"]
             before = dict(r.actions)
-            step_el = r.fields()["Step to label"]
+            fields = r.fields()
+            assert list(fields) == ["Problem", "Earlier steps (context)", "Step to label"]
+            step_el = fields["Step to label"]
             assert f"Step {k} of {it.metadata['n_steps']}" in step_el.text
+            assert same_text(step_el.text.split("\n", 1)[1], it.content["step"])
+            earlier = fields["Earlier steps (context)"].text
+            assert same_text(earlier, it.content["previous_steps"].replace("**", ""))  # "**1.**" renders bold
+            assert same_text(fields["Problem"].text, it.content["problem"])
             scroll = not r.in_view(step_el)
             if "[asy]" in it.content["problem"] and k == 1:
                 r.screenshot("prm-step-layout-figure")  # what the page first shows

@@ -248,7 +248,7 @@ Give two versions the **same rank** only when you really cannot tell them apart.
 ranking slots, the missing versions are empty: put them **last**.
 
 The pre-filled ranking is the **judge model's suggestion**, with the judge's confidence. Check it and correct it:
-don't accept it without reading. **Discard** a record when the original problem itself is broken or unreadable.
+don't accept it without reading. (Keyboard: click a version and type its rank; Enter submits, Backspace discards.) **Discard** a record when the original problem itself is broken or unreadable.
 Use the optional comment for anything unusual.
 
 Records come least certain first (sort: *Review order*, ascending; the link evolkit prints has it). Filters:

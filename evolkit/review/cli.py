@@ -209,8 +209,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
     reports = pull(store, be, kinds, args.name if args.dataset != "all" else None, args.workspace, not args.no_plot)
     for kind in kinds:
         print_report(kind, reports[kind])
-        log_name = "irm_review" if kind == "irm" else "prm_review"
-        if store.has_output("review", log_name):
+        if kind == "irm" or reports[kind].get("layout") == "solution":  # per-step records: see prm_steps
+            log_name = "irm_review" if kind == "irm" else "prm_review"
             print_multi(kind, store.load("review", log_name))
     print(f"reviewed datasets written to {store.root / 'review'}")
     return 0
