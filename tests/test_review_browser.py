@@ -46,8 +46,10 @@ def shots(tmp_path_factory):
     env = os.environ.get("EVOLKIT_REVIEW_SCREENSHOTS")
     path = Path(env) if env else tmp_path_factory.mktemp("review-screenshots")
     path.mkdir(parents=True, exist_ok=True)
-    yield path
-    print(f"\nreview UI screenshots: {path}")
+    from tests.plugins import argilla_server as plugin
+
+    plugin._state["review_screenshots"] = path  # printed in the terminal summary
+    return path
 
 
 @pytest.fixture(scope="module")
