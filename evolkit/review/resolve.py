@@ -13,6 +13,13 @@ Resolution, per record (an IRM ranking or a PRM step):
   (provenance ``tie``);
 * **none**: the model's label stays (provenance ``model``).
 
+PRM, solution layout (one record per solution, answer = first incorrect step k, 0 = none): the majority answer; a
+tie is ``flagged`` and resolved to the judge's first error when it is among the tied answers, else to the earliest
+tied error (the answer that calls the fewest steps correct). The resolved solution is published the PRM800K /
+ProcessBench way: steps 1..k-1 correct, step k incorrect, and the steps after k **left out** (``completions`` and
+``labels`` end at the first error: nobody labelled them, and they build on a wrong step); with 0 every step is
+correct and kept. An answer beyond the solution's last step is ignored (``invalid_answers``).
+
 Provenance: IRM rows get ``label_source`` ``human`` or ``model``. PRM rows get ``human`` only when every step was
 resolved by reviewers; a row with some reviewed steps keeps ``model`` and has labeller ``<labeller>+human``; the
 per-step provenance (``human`` / ``tie`` / ``model``) is in the ``prm_steps`` output.
@@ -53,7 +60,8 @@ def _usable(item: ReviewItem | None, pulled: ItemResponses, stats: Counter[str])
         if r.status == "draft":
             stats["draft_responses"] += 1
             continue
-        if pulled.content_hash is not None and pulled.content_hash != item.content_hash:
+        answered = r.content_hash or pulled.content_hash
+        if answered is not None and answered != item.content_hash:
             stats["stale_responses"] += 1
             continue
         if r.status == "discarded":
@@ -92,9 +100,11 @@ def resolve_irm(rankings: list[dict[str, Any]], items: list[ReviewItem], pulled:
             per_user.setdefault(u, {})[row["id"]] = rk
         log = {"id": row["id"], "submitted": len(rankings_by_user), "discarded": len(discs),
                "reviewers": sorted(rankings_by_user), "flagged": False, "status": "model",
-               "model_ranking": model_rank, "human_ranking": None, "rankings": rankings_by_user}
+               "model_ranking": model_rank, "human_ranking": None, "rankings": rankings_by_user,
+               "agreement": None, "resolution": "model (no answer)"}
         if discs and len(discs) >= len(rankings_by_user):
             log["status"] = "excluded"
+            log["resolution"] = "excluded: discarded by at least as many reviewers as ranked it"
             log["flagged"] = bool(rankings_by_user)
             stats["excluded"] += 1
             log_rows.append(log)
@@ -113,6 +123,10 @@ def resolve_irm(rankings: list[dict[str, Any]], items: list[ReviewItem], pulled:
             users = list(rankings_by_user.values())
             pair_agree = [_pair_agreement(a, b) for a, b in combinations(users, 2)]
             new["agreement"] = round(sum(pair_agree) / len(pair_agree), 4) if pair_agree else None
+            log["agreement"] = new["agreement"]
+            log["resolution"] = ("one reviewer" if len(users) == 1 else
+                                 "mean rank (Borda); equal means share a rank (flagged)" if flagged else
+                                 "mean rank (Borda)")
             n_human += 1
             exact += resolved == model_rank
             top1 += {v for v, r in resolved.items() if r == 1} == {v for v, r in model_rank.items() if r == 1}
@@ -140,7 +154,8 @@ def resolve_irm(rankings: list[dict[str, Any]], items: list[ReviewItem], pulled:
             "pair_accuracy": accuracy(human_units, judge_units),
             "kappa": cohen_kappa(human_units, judge_units),
         },
-        "judge_vs_annotator": {u: _irm_vs_model(rks, {r["id"]: r for r in rankings}) for u, rks in sorted(per_user.items())},
+        "judge_vs_annotator": {u: _irm_vs_model(rks, {r["id"]: r for r in rankings})
+                               for u, rks in sorted(per_user.items())},
     }
     return {"irm_rankings": sorted(out_rows, key=lambda r: r["id"]), "irm_pairs": sorted(pairs, key=lambda r: r["id"]),
             "irm_review": sorted(log_rows, key=lambda r: r["id"]), "report": report}
@@ -233,6 +248,8 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
         new["labels"] = [_to_bool(x, neutral_as) for x in labels]
         if all(p == "human" for p in prov):
             new.update(label_source="human", labeller="human", step_scores=None)
+            if "labeller_model" in new:
+                new["labeller_model"] = None
             stats["human_solutions"] += 1
             model_bool = [_to_bool(s["model_label"], neutral_as) for s in step_rows[-len(prov):]]
             fe_true.append(new["labels"])
@@ -260,7 +277,8 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
             "kappa": cohen_kappa(bin_true, bin_pred),
             "accuracy3": accuracy(h3, j3),
             "kappa3": cohen_kappa(h3, j3),
-            "per_class": per_class([names[x] for x in bin_true], [names[x] for x in bin_pred], ["correct", "incorrect"]),
+            "per_class": per_class([names[x] for x in bin_true], [names[x] for x in bin_pred],
+                                   ["correct", "incorrect"]),
             "first_error": first_error_f1(fe_true, fe_pred),
         },
         "judge_vs_annotator": {u: _prm_vs_model(labs, by_item, neutral_as) for u, labs in sorted(per_user.items())},
@@ -288,6 +306,145 @@ def _prm_inter_annotator(per_user: dict[str, dict[str, str]], neutral_as: str) -
         out.append({"a": u, "b": v, "steps": len(common), "agreement": accuracy(a, b), "kappa3": cohen_kappa(a, b),
                     "kappa": cohen_kappa(ab, bb)})
     return out
+
+
+# ------------------------------------------------------------------------------------------------- PRM (solutions)
+def _labels_from_first_error(fe: int, n: int) -> list[bool]:
+    """Published labels of an answer: steps before ``fe`` correct, step ``fe`` incorrect, nothing after it."""
+    return [True] * n if fe == 0 else [True] * (fe - 1) + [False]
+
+
+def _padded(fe: int, n: int) -> list[bool]:
+    """Full-length labels with the same first error (for first-error comparisons of whole solutions)."""
+    return [True] * n if fe == 0 else [True] * (fe - 1) + [False] + [True] * (n - fe)
+
+
+def resolve_prm_solutions(examples: list[dict[str, Any]], items: list[ReviewItem], pulled: list[ItemResponses],
+                          labeller: str = "judge") -> dict[str, Any]:
+    """Solution layout: reviewed ``prm`` rows (rows of other labellers pass through), ``prm_review`` (per solution:
+    every answer, agreement, resolution), ``prm_steps`` (per step of the reviewed labeller) and the report."""
+    from .priority import first_error
+
+    by_item = {i.id: i for i in items}
+    by_pull = {p.id: p for p in pulled}
+    stats: Counter[str] = Counter()
+    per_user: dict[str, dict[str, int]] = {}  # user -> solution id -> first error
+    out_rows, log_rows, step_rows = [], [], []
+    fe_true, fe_pred, j_steps, h_steps = [], [], [], []
+    n_sol = 0
+    for ex in examples:
+        if ex["labeller"] != labeller:
+            out_rows.append(dict(ex))
+            continue
+        n_sol += 1
+        sid = ex["id"].rsplit(":", 1)[0]
+        n = len(ex["completions"])
+        item = by_item.get(sid)
+        model_fe = first_error(ex["labels"])
+        pulled_item = by_pull.get(sid)
+        subs, discs = _usable(item, pulled_item, stats) if pulled_item else ([], [])
+        answers: dict[str, int] = {}
+        comments: dict[str, str] = {}
+        for r in subs:
+            if r.first_error is None:
+                continue
+            if not 0 <= r.first_error <= n:
+                stats["invalid_answers"] += 1
+                continue
+            answers[r.user] = r.first_error
+            if r.comment:
+                comments[r.user] = r.comment
+        for u, fe in answers.items():
+            per_user.setdefault(u, {})[sid] = fe
+        pairs = list(combinations(sorted(answers), 2))
+        agreement = round(sum(answers[a] == answers[b] for a, b in pairs) / len(pairs), 4) if pairs else None
+        log = {"id": sid, "n_steps": n, "model_first_error": model_fe, "answers": answers, "comments": comments,
+               "discarded": len(discs), "reviewers": sorted(answers), "agreement": agreement, "flagged": False,
+               "status": "model", "first_error": model_fe, "resolution": "model (no answer)"}
+        if discs and len(discs) >= len(answers):
+            log.update(status="excluded", flagged=bool(answers),
+                       resolution="excluded: discarded by at least as many reviewers as answered it")
+            stats["excluded_solutions"] += 1
+            log_rows.append(log)
+            step_rows += [{"id": f"{sid}#{k + 1}", "solution_id": sid, "step": k + 1, "model_label": ex["labels"][k],
+                           "label": None, "provenance": "excluded"} for k in range(n)]
+            continue
+        new = dict(ex)
+        if answers:
+            counts = Counter(answers.values()).most_common()
+            top = sorted(fe for fe, c in counts if c == counts[0][1])
+            if len(top) == 1:
+                fe, how = top[0], ("one reviewer" if len(answers) == 1 else "majority")
+            else:
+                fe = model_fe if model_fe in top else min(top, key=lambda x: x or n + 1)
+                how = ("tie: the judge's answer is among the tied ones" if model_fe in top
+                       else "tie: the earliest tied first error")
+                log["flagged"] = True
+                stats["flagged"] += 1
+            labels = _labels_from_first_error(fe, n)
+            new.update(completions=list(ex["completions"][:len(labels)]), labels=labels, label_source="human",
+                       labeller="human", step_scores=None, labeller_model=None)
+            log.update(status="human", first_error=fe, resolution=how)
+            stats["human_solutions"] += 1
+            fe_true.append(_padded(fe, n))
+            fe_pred.append(list(ex["labels"]))
+            j_steps += list(ex["labels"][:len(labels)])
+            h_steps += labels
+            for k in range(n):
+                step_rows.append({"id": f"{sid}#{k + 1}", "solution_id": sid, "step": k + 1,
+                                  "model_label": ex["labels"][k], "label": labels[k] if k < len(labels) else None,
+                                  "provenance": "human" if k < len(labels) else "not labelled (after the first error)"})
+        else:
+            stats["model_solutions"] += 1
+            step_rows += [{"id": f"{sid}#{k + 1}", "solution_id": sid, "step": k + 1, "model_label": ex["labels"][k],
+                           "label": ex["labels"][k], "provenance": "model"} for k in range(n)]
+        out_rows.append(new)
+        log_rows.append(log)
+    names = {True: "correct", False: "incorrect"}
+    fe_hits = [first_error(p) == first_error(t) for t, p in zip(fe_true, fe_pred)]
+    report = {
+        "layout": "solution",
+        "solutions": n_sol,
+        "human_solutions": stats["human_solutions"], "model_solutions": stats["model_solutions"],
+        "excluded_solutions": stats["excluded_solutions"], "flagged": stats["flagged"],
+        "draft_responses": stats["draft_responses"], "stale_responses": stats["stale_responses"],
+        "invalid_answers": stats["invalid_answers"],
+        "annotators": _solution_inter_annotator(per_user),
+        "judge_vs_human": {
+            "solutions": len(fe_true),
+            "first_error_accuracy": sum(fe_hits) / len(fe_hits) if fe_hits else None,
+            "first_error": first_error_f1(fe_true, fe_pred),
+            "steps": len(h_steps),
+            "accuracy": accuracy(h_steps, j_steps),
+            "kappa": cohen_kappa(h_steps, j_steps),
+            "per_class": per_class([names[x] for x in h_steps], [names[x] for x in j_steps], ["correct", "incorrect"]),
+        },
+        "judge_vs_annotator": {u: _solution_vs_model(fes, {e["id"].rsplit(":", 1)[0]: e for e in examples
+                                                            if e["labeller"] == labeller})
+                               for u, fes in sorted(per_user.items())},
+    }
+    return {"prm": sorted(out_rows, key=lambda r: r["id"]), "prm_review": sorted(log_rows, key=lambda r: r["id"]),
+            "prm_steps": step_rows, "report": report}
+
+
+def _solution_inter_annotator(per_user: dict[str, dict[str, int]]) -> list[dict[str, Any]]:
+    """Per pair of reviewers, on the solutions both answered: exact first-error agreement and kappa over the answers
+    (categories none / 1 / 2 ...)."""
+    out = []
+    for u, v in combinations(sorted(per_user), 2):
+        common = sorted(set(per_user[u]) & set(per_user[v]))
+        a = [per_user[u][i] for i in common]
+        b = [per_user[v][i] for i in common]
+        out.append({"a": u, "b": v, "solutions": len(common), "agreement": accuracy(a, b), "kappa": cohen_kappa(a, b)})
+    return out
+
+
+def _solution_vs_model(fes: dict[str, int], rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    from .priority import first_error
+
+    human = list(fes.values())
+    judge = [first_error(rows[sid]["labels"]) for sid in fes]
+    return {"solutions": len(human), "agreement": accuracy(human, judge), "kappa": cohen_kappa(human, judge)}
 
 
 # ---------------------------------------------------------------------------------------------------------- plot

@@ -76,3 +76,5 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"local Argilla server: cold start {srv.startup_seconds:.1f} s")
     if "kept_workdir" in _state:
         terminalreporter.write_line(f"local Argilla workdir kept: {_state['kept_workdir']}")
+    if "review_screenshots" in _state:  # set by tests/test_review_browser.py
+        terminalreporter.write_line(f"review web UI screenshots: {_state['review_screenshots']}")
