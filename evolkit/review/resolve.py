@@ -36,6 +36,7 @@ from collections import Counter
 from itertools import combinations
 from typing import Any
 
+from ..judging import to_bool
 from ..metrics import accuracy, cohen_kappa, first_error_f1, pairwise_preferences, per_class
 from ..stages.irm import pairs_from_ranking
 from .adapter import ItemResponses, ReviewItem
@@ -193,10 +194,6 @@ def _irm_vs_model(ranks: dict[str, dict[str, int]], rows: dict[str, dict[str, An
 
 
 # ---------------------------------------------------------------------------------------------------------- PRM
-def _to_bool(label: str, neutral_as: str) -> bool:
-    return label == "correct" or (label == "neutral" and neutral_as == "correct")
-
-
 def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled: list[ItemResponses],
                 labeller: str = "judge", neutral_as: str = "correct") -> dict[str, Any]:
     """Reviewed ``prm`` rows (all labellers; the reviewed labeller's rows resolved), ``prm_steps`` (per reviewed-
@@ -245,13 +242,13 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
             stats["excluded_solutions"] += 1
             continue
         new = dict(ex)
-        new["labels"] = [_to_bool(x, neutral_as) for x in labels]
+        new["labels"] = [to_bool(x, neutral_as) for x in labels]
         if all(p == "human" for p in prov):
             new.update(label_source="human", labeller="human", step_scores=None)
             if "labeller_model" in new:
                 new["labeller_model"] = None
             stats["human_solutions"] += 1
-            model_bool = [_to_bool(s["model_label"], neutral_as) for s in step_rows[-len(prov):]]
+            model_bool = [to_bool(s["model_label"], neutral_as) for s in step_rows[-len(prov):]]
             fe_true.append(new["labels"])
             fe_pred.append(model_bool)
         elif any(p in ("human", "tie") for p in prov):
@@ -261,8 +258,8 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
             stats["model_solutions"] += 1
         out_rows.append(new)
     steps_prov = Counter(s["provenance"] for s in step_rows)
-    bin_true = [_to_bool(x, neutral_as) for x in h3]
-    bin_pred = [_to_bool(x, neutral_as) for x in j3]
+    bin_true = [to_bool(x, neutral_as) for x in h3]
+    bin_pred = [to_bool(x, neutral_as) for x in j3]
     names = {True: "correct", False: "incorrect"}
     report = {
         "solutions": sum(1 for e in examples if e["labeller"] == labeller),
@@ -289,8 +286,8 @@ def resolve_prm(examples: list[dict[str, Any]], items: list[ReviewItem], pulled:
 def _prm_vs_model(labs: dict[str, str], by_item: dict[str, ReviewItem], neutral_as: str) -> dict[str, Any]:
     human = list(labs.values())
     judge = [by_item[i].suggestion["label"] for i in labs]
-    hb = [_to_bool(x, neutral_as) for x in human]
-    jb = [_to_bool(x, neutral_as) for x in judge]
+    hb = [to_bool(x, neutral_as) for x in human]
+    jb = [to_bool(x, neutral_as) for x in judge]
     return {"steps": len(human), "agreement": accuracy(hb, jb), "kappa": cohen_kappa(hb, jb),
             "kappa3": cohen_kappa(human, judge)}
 
@@ -301,8 +298,8 @@ def _prm_inter_annotator(per_user: dict[str, dict[str, str]], neutral_as: str) -
         common = sorted(set(per_user[u]) & set(per_user[v]))
         a = [per_user[u][i] for i in common]
         b = [per_user[v][i] for i in common]
-        ab = [_to_bool(x, neutral_as) for x in a]
-        bb = [_to_bool(x, neutral_as) for x in b]
+        ab = [to_bool(x, neutral_as) for x in a]
+        bb = [to_bool(x, neutral_as) for x in b]
         out.append({"a": u, "b": v, "steps": len(common), "agreement": accuracy(a, b), "kappa3": cohen_kappa(a, b),
                     "kappa": cohen_kappa(ab, bb)})
     return out
