@@ -200,7 +200,7 @@ def test_calibrate_command(hand_file, tmp_path, capsys):
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text("name: cal\nbackend: {kind: deterministic}\n")
     out = tmp_path / "run"
-    assert main(["prm", "calibrate", str(cfg), "--data", str(hand_file), "-o", str(out), "--no-progress"]) == 0
+    assert main(["calibrate", "prm", str(cfg), "--data", str(hand_file), "-o", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out
     assert "judge vs human step labels" in text and "first-error-step F1" in text and "accuracy" in text
     summary = json.loads((out / "calibration" / "summary.json").read_text())

@@ -1,4 +1,4 @@
-"""``evolkit review push|pull|serve`` and ``evolkit prm calibrate``.
+"""``evolkit review push|pull|serve``.
 
     evolkit review serve                                   # a local Argilla (redis + osmem + SQLite); prints logins
     export ARGILLA_API_URL=... ARGILLA_API_KEY=...         # or any Argilla 2.x deployment
@@ -6,7 +6,6 @@
     evolkit review push runs/my-run --dataset prm --budget 200   # only the 200 least certain solutions
     ... reviewers answer in the web UI ...
     evolkit review pull runs/my-run --dataset all          # resolve answers -> runs/my-run/review/*, agreement
-    evolkit prm calibrate my.yaml                          # judge vs PRM800K human step labels
 
 Pull writes the reviewed datasets into the run store as stage ``review`` (outputs ``irm_rankings``, ``irm_pairs``,
 ``prm``, plus the logs ``irm_review`` / ``prm_review`` / ``prm_steps`` and every answer pulled so far in
@@ -360,67 +359,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             print("stopped", flush=True)
 
 
-# ---------------------------------------------------------------------------------------------------------- calibrate
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    from ..cli import load_run_config
-    from ..pipeline import Context
-    from ..settings import data_dir
-    from ..stages import prm
-
-    cfg = load_run_config(args)
-    prm_cfg = cfg.stages.get("prm") or prm.Config()
-    path = Path(args.data) if args.data else data_dir() / "prm800k" / "phase1_test.stepwise-critic.jsonl"
-    rows = prm.load_labelled_steps(path)
-    if args.problems is not None:
-        order: list[str] = []
-        for r in rows:
-            if r["instruction"] not in order:
-                order.append(r["instruction"])
-        keep = set(order[: args.problems])
-        rows = [r for r in rows if r["instruction"] in keep]
-    if args.limit is not None:
-        rows = rows[: args.limit]
-    run_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir
-    with Context.open(cfg, run_dir, show_progress=not args.no_progress) as ctx:
-
-        report = prm.calibrate(ctx.backend("judge"), rows, prm_cfg, ctx.sampling(prm_cfg.judge_sampling),
-                               neutral_as=args.neutral_as, show_progress=not args.no_progress)
-        report["data"] = str(path)
-        report["judge"] = ctx.backend("judge").model
-        preds = report.pop("predictions")
-        ctx.store.finish("calibration", {"predictions": preds}, report)
-    print_calibration(report)
-    print(f"details: {run_dir / 'calibration'}")
-    return 0
-
-
-def print_calibration(rep: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    from ..metrics import fmt
-
-    con = Console()
-    con.print(f"step judge [bold]{rep.get('judge')}[/bold] on {rep.get('data')}: {rep['judged']} of {rep['rows']} "
-              f"labelled steps judged ({sum(rep['parse_failures'].values())} unparseable answers: "
-              f"{rep['parse_failures'] or 'none'}); neutral counts as {rep['neutral_as']}")
-    t = Table(title="judge vs human step labels")
-    for c in ("label", "precision", "recall", "F1", "human count", "judge count"):
-        t.add_column(c)
-    for lab, d in rep["per_class"].items():
-        t.add_row(lab, fmt(d["precision"]), fmt(d["recall"]), fmt(d["f1"]), str(d["support"]), str(d["predicted"]))
-    con.print(t)
-    fe = rep["first_error"]
-    con.print(f"accuracy {fmt(rep['accuracy'])}  kappa {fmt(rep['kappa'])}  first-error-step F1 {fmt(fe['f1'])} "
-              f"(exact on erroneous {fmt(fe['acc_error'])} of {fe['n_error']}, on error-free {fmt(fe['acc_correct'])} "
-              f"of {fe['n_correct']})")
-    cm = rep["confusion"]
-    con.print("confusion (rows human, columns judge): " + "; ".join(
-        f"{t_}: " + ", ".join(f"{p}={n}" for p, n in row.items()) for t_, row in cm.items()))
-    if "confusion3" in rep:
-        con.print(f"3-way accuracy {fmt(rep['accuracy3'])}; confusion3 {rep['confusion3']}")
-
-
 # ---------------------------------------------------------------------------------------------------------- parsers
 def _conn_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-url", help="Argilla URL (default: $ARGILLA_API_URL)")
@@ -465,29 +403,3 @@ def add_commands(sub: Any) -> None:
     ps.add_argument("--workspace", help="workspace the reviewers join (default: evolkit)")
     ps.add_argument("--timeout", type=float, default=300.0, help="startup timeout in seconds")
     ps.set_defaults(func=cmd_serve)
-
-    # `evolkit prm calibrate [CONFIG]` shares the `prm` command with the stage (`evolkit prm [CONFIG]`).
-    prm_p = sub.choices.get("prm")
-    if prm_p is None:
-        return
-    prm_p.usage = "evolkit prm [CONFIG] [options]  |  evolkit prm calibrate [CONFIG] [--data FILE] [options]"
-    prm_p.add_argument("calibrate_config", nargs="?", help=argparse.SUPPRESS)
-    g = prm_p.add_argument_group("calibrate (evolkit prm calibrate [CONFIG]): the step judge vs human step labels")
-    g.add_argument("--data", help="labelled steps in PRM800K stepwise-critique format (.jsonl/.parquet; default: "
-                                  "the shared PRM800K phase-1 test file)")
-    g.add_argument("--limit", type=int, help="only the first N labelled steps")
-    g.add_argument("--problems", type=int, help="only the steps of the first N problems")
-    g.add_argument("--neutral-as", choices=["correct", "incorrect"], help="binarise neutral (0) ratings and labels")
-    run_stage = prm_p.get_default("func")
-
-    def dispatch(args: argparse.Namespace) -> int:
-        if args.config == "calibrate":
-            args.config = args.calibrate_config
-            return cmd_calibrate(args)
-        if args.calibrate_config is not None or any(
-                getattr(args, k) is not None for k in ("data", "limit", "problems", "neutral_as")):
-            raise EvolkitError("evolkit prm: --data/--limit/--problems/--neutral-as and a second argument belong to "
-                               "`evolkit prm calibrate`")
-        return run_stage(args)
-
-    prm_p.set_defaults(func=dispatch)

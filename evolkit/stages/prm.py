@@ -23,7 +23,7 @@ Outputs (``prm/``): ``prm`` (:class:`~evolkit.records.PRMExample`, TRL's stepwis
 solution and the model that labelled it), ``policy_solutions`` (the policy's samples), ``judgements`` (raw judge
 answers, 3-way step labels, parse status) and ``rollouts`` (per step: samples, hits).
 
-Calibration (:func:`calibrate`, ``evolkit prm calibrate``) runs the same step judge on human-labelled steps in PRM800K's
+Calibration (:func:`calibrate`, ``evolkit calibrate prm``) runs the same step judge on human-labelled steps in PRM800K's
 stepwise-critique format and reports agreement.
 """
 
