@@ -34,6 +34,9 @@ class SeedSource(_Model):
     split: str = "train"
     n: int | None = Field(None, gt=0, description="sample this many (all when unset)")
     stratify: bool = True
+    #: Which n: a seeded random sample (stratified by MATH level and subject), or the easiest (lowest MATH level, then
+    #: fewest reference-solution steps and shortest question; for small models that solve only easy problems).
+    pick: Literal["random", "easiest"] = "random"
 
     @model_validator(mode="after")
     def _one_location(self) -> SeedSource:

@@ -184,5 +184,21 @@ def load_seeds(sources: list[Any], seed: int = 0) -> list[Problem]:
     out: list[Problem] = []
     for i, s in enumerate(sources):
         probs = load_problems(s.source, s.path, s.hub_id, s.hub_config, s.split)
-        out.extend(sample(probs, s.n, seed=seed + i, stratify=s.stratify))
+        if getattr(s, "pick", "random") == "easiest":
+            out.extend(easiest(probs, s.n))
+        else:
+            out.extend(sample(probs, s.n, seed=seed + i, stratify=s.stratify))
     return out
+
+
+def easiest(problems: list[Problem], n: int | None) -> list[Problem]:
+    """The ``n`` easiest problems (lowest MATH level, fewest reference steps, shortest question), in file order."""
+    from .answers import split_steps
+
+    def difficulty(p: Problem) -> tuple[int, int, int]:
+        return (p.level or 0, len(split_steps(p.reference_solution or "")), len(p.question))
+
+    if n is None or n >= len(problems):
+        return list(problems)
+    chosen = {p.id for p in sorted(problems, key=difficulty)[:n]}
+    return [p for p in problems if p.id in chosen]
