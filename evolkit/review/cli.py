@@ -34,7 +34,9 @@ def open_store(run_dir: str) -> Any:
     p = Path(run_dir)
     if not (p / "manifest.json").exists():
         raise EvolkitError(f"{p}: not a run folder (no manifest.json); give the folder of a run (-o of `evolkit run`)")
-    return RunStore(p)
+    store = RunStore(p)
+    store.manifest()  # a damaged manifest fails here, before any server is contacted
+    return store
 
 
 def _load_output(store: Any, stage: str, name: str) -> list[dict[str, Any]]:
@@ -284,10 +286,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..settings import data_dir
     from ..stages import prm
 
+    from ..store import check_output_folder
+
     cfg = load_run_config(args)
     prm_cfg = cfg.stages.get("prm") or prm.Config()
     path = Path(args.data) if args.data else data_dir() / "prm800k" / "phase1_test.stepwise-critic.jsonl"
     rows = prm.load_labelled_steps(path)
+    check_output_folder(Path(args.output_dir) if args.output_dir else cfg.run_dir, "calibration folder")
     if args.problems is not None:
         order: list[str] = []
         for r in rows:
