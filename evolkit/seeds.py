@@ -5,7 +5,9 @@
 
 The embedded default is a small packaged sample (100 GSM8k + 100 MATH train problems, see ``evolkit/data/SOURCE.md``).
 Paths may start with ``{data}`` for the shared data folder (``EVOLKIT_DATA``). A malformed file raises
-:class:`~evolkit.errors.DataError` naming the file and line.
+:class:`~evolkit.errors.DataError` naming the file and line. Records without a gold answer (a MATH solution without
+``\\boxed{...}``, as two of MATH's 7,500 train problems) are skipped with a warning naming them when they are at most
+1% of a file; more than that is an error (a wrong file or format).
 """
 
 from __future__ import annotations

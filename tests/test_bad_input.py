@@ -669,3 +669,36 @@ def test_bad_input(case: Case, tmp_path: Path, server: FaultServer, request: pyt
     changed = [p for p, h in before.items() if after.get(p) != h and p != str(t)]
     assert not changed, (changed, err)
     print(err.strip())  # shown with pytest -rP: the messages a user sees
+
+
+def test_good_input_passes_the_same_checks(finished_run: Path, server: FaultServer, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """The checks refuse bad input only: the same commands with good input succeed."""
+    run = tmp_path / "run"
+    shutil.copytree(finished_run, run)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(_sub(cfg(), tmp_path, server.base_url))
+    sent = len(server.log)
+    saved = (run / "config.yaml").read_bytes()
+    # A finished run resumed with its own settings, and with the config it was made with: nothing is sent again.
+    assert main(["run", "-o", str(run), "--resume", "--no-progress"]) == 0
+    assert main(["run", str(conf), "-o", str(run), "--resume", "--no-progress"]) == 0
+    assert len(server.log) == sent
+    assert (run / "config.yaml").read_bytes() == saved
+    # New run folders: an empty folder, a folder with only hidden files, a folder under new folders.
+    seeds_only = ["--set", "stages={}", "--no-progress"]
+    for folder in (tmp_path / "empty", tmp_path / "hidden", tmp_path / "a" / "b" / "c"):
+        if folder.name != "c":
+            folder.mkdir()
+        if folder.name == "hidden":
+            (folder / ".gitkeep").write_text("")
+        assert main(["run", str(conf), "-o", str(folder), *seeds_only]) == 0, capsys.readouterr().err
+        assert (folder / "seeds" / "problems.parquet").exists()
+    # --resume into a folder that holds no run: says so, and starts one.
+    assert main(["run", str(conf), "-o", str(tmp_path / "fresh"), "--resume", *seeds_only]) == 0
+    assert "holds no run to resume (no manifest.json): starting a new run there" in capsys.readouterr().err
+    # Publishing the finished run to a new folder and again over its own publish.
+    for _ in range(2):
+        assert main(["publish", str(run), "--local", str(tmp_path / "pub")]) == 0, capsys.readouterr().err
+    assert (tmp_path / "pub" / "provenance.json").exists()
+    assert len(server.log) == sent
