@@ -233,19 +233,19 @@ def main(argv: list[str] | None = None) -> int:
 
         print(f"evolkit: error: {scrub(str(e))}", file=sys.stderr)
         return 1 if isinstance(e, StageFailed) else 2
+    except KeyboardInterrupt:
+        print("evolkit: interrupted; run again with --resume to continue", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # pragma: no cover
+        os._exit(1)
     except OSError as e:
-        if e.filename is None or isinstance(e, BrokenPipeError):
+        if e.filename is None:
             raise
         # A file or folder that cannot be read or written (a path given, a full disk): the path, not a traceback.
         from .store import scrub
 
         print(f"evolkit: error: {scrub(str(e.filename))}: {e.strerror or e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("evolkit: interrupted; run again with --resume to continue", file=sys.stderr)
-        return 130
-    except BrokenPipeError:  # pragma: no cover
-        os._exit(1)
 
 
 if __name__ == "__main__":

@@ -285,7 +285,6 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from ..pipeline import Context
     from ..settings import data_dir
     from ..stages import prm
-
     from ..store import check_output_folder
 
     cfg = load_run_config(args)
