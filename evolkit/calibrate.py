@@ -18,11 +18,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from .pipeline import Context
     from .settings import data_dir
     from .stages import prm
+    from .store import check_output_folder
 
     cfg = load_run_config(args)
     prm_cfg = cfg.stages.get("prm") or prm.Config()
     path = Path(args.data) if args.data else data_dir() / "prm800k" / "phase1_test.stepwise-critic.jsonl"
     rows = prm.load_labelled_steps(path)
+    check_output_folder(Path(args.output_dir) if args.output_dir else cfg.run_dir, "calibration folder")
     if args.problems is not None:
         order: list[str] = []
         for r in rows:

@@ -55,6 +55,7 @@ def _add_run_args(p: argparse.ArgumentParser, config_required: bool = False) -> 
 
 def load_run_config(args: argparse.Namespace) -> Any:
     from .config import RunConfig, apply_overrides, load_config, parse_override, validate
+    from .errors import ConfigError
     from .store import RunStore
 
     overrides = dict(parse_override(item) for item in getattr(args, "set", []))
@@ -64,7 +65,11 @@ def load_run_config(args: argparse.Namespace) -> Any:
         overrides["executor.address"] = args.ray_address
     out = getattr(args, "output_dir", None)
     saved = Path(out) / "config.yaml" if out else None
-    if not args.config and getattr(args, "resume", False) and saved is not None and saved.exists():
+    resuming = not args.config and getattr(args, "resume", False) and saved is not None
+    if resuming and (saved.parent / "manifest.json").exists():
+        if not saved.exists():
+            raise ConfigError(f"{saved}: missing, so the run's settings are unknown; give the config the run was made "
+                              f"with (evolkit run CONFIG -o {out} --resume)")
         base = RunStore(out, create=False).load_config()  # resuming: the run's own resolved config
         where = str(saved)
     else:
@@ -81,26 +86,31 @@ def load_run_config(args: argparse.Namespace) -> Any:
 def _check_run_dir(cfg: Any, args: argparse.Namespace) -> Path:
     """The run folder: usable, and either new, or continued (--resume, same data settings) or redone (--force)."""
     from .pipeline import check_resume
-    from .store import RunStore
+    from .store import RunStore, check_output_folder, foreign_entries
 
     run_dir = Path(args.output_dir) if args.output_dir else cfg.run_dir
-    for parent in [run_dir, *run_dir.parents]:
-        if parent.exists():
-            if not parent.is_dir():
-                raise EvolkitError(f"{run_dir}: cannot be a run folder: {parent} is a file")
-            if not os.access(parent, os.W_OK | os.X_OK):
-                raise EvolkitError(f"{run_dir}: cannot write there ({parent} is not writable)")
-            break
+    if args.resume and args.force:
+        raise EvolkitError("--resume and --force: choose one (continue the run, or redo its stages)")
+    check_output_folder(run_dir, "run folder")
     manifest = run_dir / "manifest.json"
     if manifest.exists() and not (args.resume or args.force):
         raise EvolkitError(
             f"{run_dir} already holds a run. Use --resume to continue it, --force to redo its stages, "
             f"or -o to choose another folder."
         )
-    if args.resume and args.force:
-        raise EvolkitError("--resume and --force: choose one (continue the run, or redo its stages)")
+    if run_dir.is_dir() and not manifest.exists():
+        # A folder without a manifest: a run killed before its first stage finished, or somebody's files.
+        foreign = foreign_entries(run_dir)
+        if foreign:
+            raise EvolkitError(f"{run_dir}: not an evolkit run folder (it holds {', '.join(foreign[:5])}"
+                               f"{' ...' if len(foreign) > 5 else ''}); choose a new or empty folder with -o")
+        given = getattr(args, "config", None)
+        if given and Path(given).resolve() == (run_dir / "config.yaml").resolve():
+            raise EvolkitError(f"{given}: the run would replace this file with its resolved config; keep your config "
+                               f"outside the run folder (or choose another -o)")
     if args.resume and not manifest.exists():
-        print(f"evolkit: {run_dir} holds no run yet: starting a new one", file=sys.stderr)
+        print(f"evolkit: --resume: {run_dir} holds no run to resume (no manifest.json): starting a new run there",
+              file=sys.stderr)
     if args.resume and manifest.exists():
         check_resume(cfg, RunStore(run_dir, create=False))
     return run_dir
@@ -161,7 +171,10 @@ def cmd_run(args: argparse.Namespace, stages: list[str] | None = None) -> int:
         results = run_all(cfg, run_dir, force=args.force, stages=stages, show_progress=not args.no_progress,
                           retry_failed=not getattr(args, "no_retry_failed", False))
     except OSError as e:
-        raise EvolkitError(f"{e.filename or run_dir}: {e.strerror or e}") from None
+        where = Path(e.filename) if e.filename else run_dir
+        if where == run_dir or where in run_dir.parents or run_dir in where.parents:
+            raise EvolkitError(f"{run_dir}: cannot make or write the run folder ({where}: {e.strerror or e})") from None
+        raise EvolkitError(f"{where}: {e.strerror or e}") from None
     print_summary(results, time.time() - t0)
     return 0
 
@@ -226,6 +239,14 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # pragma: no cover
         os._exit(1)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        # A file or folder that cannot be read or written (a path given, a full disk): the path, not a traceback.
+        from .store import scrub
+
+        print(f"evolkit: error: {scrub(str(e.filename))}: {e.strerror or e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

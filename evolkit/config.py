@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .types import BACKEND_RUNTIME_FIELDS, BackendConfig, ExecutorConfig, SamplingConfig
@@ -52,7 +52,8 @@ def _stage_models() -> dict[str, type[BaseModel]]:
 
 
 class RunConfig(_Model):
-    name: str = "evolkit-run"
+    #: The run's name: its folder is runs/<name> unless output_dir is given.
+    name: str = Field("evolkit-run", min_length=1)
     output_dir: str | None = None
     seed: int = 0
     backend: BackendConfig = BackendConfig()
@@ -64,7 +65,7 @@ class RunConfig(_Model):
     #: (``stages.prm.sources: [policy]``).
     policy_backend: BackendConfig | None = None
     sampling: SamplingConfig = SamplingConfig()
-    seeds: list[SeedSource] = [SeedSource(source="gsm8k"), SeedSource(source="math")]
+    seeds: list[SeedSource] = Field([SeedSource(source="gsm8k"), SeedSource(source="math")], min_length=1)
     #: Stages to run, in order, with their settings (see each stage's Config).
     stages: dict[str, Any] = {"sft": {}}
     publish: dict[str, Any] | None = None
@@ -73,6 +74,13 @@ class RunConfig(_Model):
     #: A stage whose requests failed at least this share (after retries) ends the run with an error and is not
     #: marked done (an authentication error ends it at once); 1.0: only when every request failed.
     max_failed_share: float = Field(1.0, gt=0, le=1)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, name: str) -> str:
+        if "/" in name or "\\" in name or name.strip(".") == "":
+            raise ValueError(f"{name!r} is not a folder name (it names runs/<name>; use output_dir for a path)")
+        return name
 
     @model_validator(mode="after")
     def _validate_stages(self) -> RunConfig:
@@ -88,7 +96,8 @@ class RunConfig(_Model):
                 parsed[name] = models[name].model_validate(value or {})
             except ValidationError as e:  # keep the full path: stages.<name>.<field>
                 raise ValueError("; ".join(
-                    f"stages.{name}.{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()
+                    f"{'.'.join(['stages', name, *(str(p) for p in err['loc'])])}: "
+                    f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()
                 )) from None
         self.stages = parsed
         return self
@@ -122,6 +131,8 @@ def _format_validation(err: ValidationError, where: str) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"])
         msg = e["msg"].removeprefix("Value error, ")
+        if loc and msg.startswith(f"{loc}."):  # the message names the full path already (stages.<stage>.<field>)
+            loc = ""
         lines.append(f"{where}: {loc}: {msg}" if loc else f"{where}: {msg}")
     return "\n".join(lines)
 
@@ -132,11 +143,17 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, Any] | None =
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{p}: no such config file") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{p}: is a folder, not a config file") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read the config file ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     data = parse_yaml(text, str(p))
+    if data is None:
+        raise ConfigError(f"{p}: the config is empty (it needs at least the stages to run; see `evolkit recipes`)")
     if not isinstance(data, dict):
-        raise ConfigError(f"{p}: the top level must be a mapping")
+        raise ConfigError(f"{p}: the top level must be a mapping (key: value lines), not a {type(data).__name__}")
     if overrides:
         data = apply_overrides(data, overrides)
     return validate(data, str(p))
@@ -245,6 +262,9 @@ _STAGE_RUNTIME_KEYS = frozenset({"plots"})
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves by dotted path; lists of mappings (seeds, rounds) by index too, so a difference names its field."""
+    if isinstance(obj, list) and obj and all(isinstance(v, dict) for v in obj):
+        obj = {str(i): v for i, v in enumerate(obj)}
     if isinstance(obj, dict):
         out: dict[str, Any] = {}
         for k, v in obj.items():

@@ -238,6 +238,13 @@ class EvalSettings:
             raise ConfigError(f"unknown benchmark {s.bench!r} (known: {', '.join(BENCHMARKS)})")
         if s.n < 1:
             raise ConfigError("--n must be at least 1")
+        for flag, v in (("--limit", s.limit), ("--sample", s.sample), ("--max-tokens", s.max_tokens)):
+            if v is not None and v < 1:
+                raise ConfigError(f"{flag} must be at least 1, got {v}")
+        if s.temperature is not None and s.temperature < 0:
+            raise ConfigError(f"--temperature must be at least 0, got {s.temperature}")
+        if not 0 < s.top_p <= 1:
+            raise ConfigError(f"--top-p must be in (0, 1], got {s.top_p}")
         if s.temperature is None:
             s.temperature = 0.0 if s.n == 1 else 0.7
         if s.max_tokens is None:
@@ -653,15 +660,27 @@ def run_eval(
     is left to generate. Every backend is wrapped in the output folder's request cache."""
     from .backends import CachedBackend, RequestCache, make_backend
     from .progress import Progress
-    from .store import RunStore, _atomic_write, write_parquet
+    from .store import RunStore, _atomic_write, check_output_folder, write_parquet
 
     if checker not in (*CHECKERS, "both"):
         raise ConfigError(f"--checker {checker!r}: one of evolkit, wizardmath, both")
     s = settings.resolved()
-    out = Path(output_dir) if output_dir else default_output_dir(s)
+    if resume and force:
+        raise EvolkitError("--resume and --force: choose one (continue the evaluation, or redo it)")
+    out = check_output_folder(Path(output_dir) if output_dir else default_output_dir(s), "evaluation folder")
+    # The inputs are read and checked before anything in the folder is written or removed.
+    spec = BENCHMARKS[s.bench]
+    items = select_items(load_benchmark(s.bench, s.data, s.split, s.hub_config), s)
+    style = prompt_style(s.prompt, s.chat)
     meta_path = out / "eval.json"
     if meta_path.exists():
-        saved = json.loads(meta_path.read_text())
+        try:
+            saved = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(saved, dict) or not isinstance(saved.get("settings"), dict):
+                raise ValueError("no 'settings' mapping")
+        except (ValueError, UnicodeDecodeError) as e:
+            raise DataError(f"{meta_path}: not a valid evaluation record ({e}); use --force to redo the evaluation "
+                            f"or -o for another folder") from None
         if force:
             shutil.rmtree(out / STAGE, ignore_errors=True)
             for f in ("cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm", "manifest.json"):
@@ -681,9 +700,6 @@ def run_eval(
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(meta_path, json.dumps({"settings": s.key()}, indent=2, ensure_ascii=False))
 
-    spec = BENCHMARKS[s.bench]
-    items = select_items(load_benchmark(s.bench, s.data, s.split, s.hub_config), s)
-    style = prompt_style(s.prompt, s.chat)
     store = RunStore(out)
     units = _units(items, s.n, split_samples=s.backend == "openai")
     done = _collect(store)
@@ -789,18 +805,21 @@ def run_eval(
 
 
 def _kv(pairs: list[str]) -> dict[str, Any]:
-    import yaml
+    from .config import parse_yaml
 
     out: dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
             raise ConfigError(f"--engine-arg {p!r}: expected KEY=VALUE")
         k, v = p.split("=", 1)
-        out[k] = yaml.safe_load(v)
+        out[k] = parse_yaml(v, f"--engine-arg {k}")
     return out
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    if args.backend in ("transformers", "vllm") and args.model.startswith(("/", "./", "../", "~")) \
+            and not Path(args.model).expanduser().exists():
+        raise ConfigError(f"--model {args.model}: no such model folder")
     s = EvalSettings(
         model=args.model, bench=args.bench, backend=args.backend, prompt=args.prompt, chat=args.chat, data=args.data,
         split=args.split, hub_config=args.hub_config, limit=args.limit, sample=args.sample, n=args.n,
@@ -999,6 +1018,19 @@ def contamination_report(
 
 
 def cmd_contamination(args: argparse.Namespace) -> int:
+    from .store import check_output_folder
+
+    if args.ngram < 3:
+        raise ConfigError(f"--ngram must be at least 3, got {args.ngram}")
+    if not 0 <= args.threshold <= 1:
+        raise ConfigError(f"--threshold must be in [0, 1] (0 = off), got {args.threshold}")
+    for flag, v in (("--limit", args.limit), ("--examples", args.examples)):
+        if v is not None and v < (1 if flag == "--limit" else 0):
+            raise ConfigError(f"{flag} must be at least {1 if flag == '--limit' else 0}, got {v}")
+    if args.output:
+        if Path(args.output).is_dir():
+            raise ConfigError(f"-o {args.output}: is a folder; give the report's file name")
+        check_output_folder(Path(args.output).parent, "report's folder")
     labels, texts = load_texts(args.dataset, args.split, args.hub_config, args.field, args.limit)
     benches = args.bench or ["gsm8k", "math"]
     rep = contamination_report(labels, texts, benches, args.ngram, args.threshold or None, args.examples)

@@ -335,12 +335,17 @@ def run_all(config: RunConfig, run_dir: str | Path | None = None, force: bool = 
             show_progress: bool = True, retry_failed: bool = True) -> dict[str, Any]:
     """Run the config's stages (or the ones named) and return {stage: summary}."""
     results: dict[str, Any] = {}
+    if force:
+        # A damaged manifest or cache fails here, before anything is forgotten or the run's config replaced.
+        from .backends import RequestCache
+
+        old = RunStore(run_dir or config.run_dir, create=False)
+        old.manifest()
+        if old.cache_path.exists():
+            RequestCache(old.cache_path).close()
     with Context.open(config, run_dir, show_progress, save_config=force) as ctx:
         names = stages_to_run(config, ctx.store, stages, retry_failed and not force)
         if force:
-            from .backends import RequestCache
-
-            RequestCache(ctx.store.cache_path).close()  # a damaged cache fails here, before anything is forgotten
             # The stages named are redone from nothing with this config, and so is every stage after them.
             first = min((ORDER.index(n) for n in names), default=len(ORDER))
             for later in ORDER[first:]:

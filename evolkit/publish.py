@@ -46,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from . import __version__
 from .errors import EvolkitError
 from .records import PUBLISHED, SCHEMA_DIR, RLPrompt, _resource_dir, json_schema
-from .store import RunStore, read_parquet, scrub
+from .store import RunStore, check_output_folder, read_parquet, scrub
 
 CARD_DIR = _resource_dir("hub_cards")
 CARD_TEMPLATE = "dataset_card.md.jinja"
@@ -1298,9 +1298,18 @@ def publish_run(run_dir: str | os.PathLike[str], local: str | os.PathLike[str] |
         opts.local = str(run_dir / DEFAULT_LOCAL_NAME)
     if opts.repo is not None and opts.repo.count("/") != 1:
         raise PublishError(f"--repo {opts.repo!r}: expected USER/NAME (or ORG/NAME)")
+    if opts.repo is not None:
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(opts.repo)
+        except HFValidationError as e:
+            raise PublishError(f"--repo {opts.repo!r}: not a valid repo id ({e})") from None
     local_dir = Path(opts.local) if opts.local else None
     if local_dir is not None and local_dir.resolve() == run_dir.resolve():
         raise PublishError(f"--local {local_dir}: that is the run folder itself; choose another folder")
+    if local_dir is not None:
+        check_output_folder(local_dir, "--local folder")
 
     store = RunStore(run_dir)
     datasets = collect(store, opts)
@@ -1395,7 +1404,10 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--min-split-rows", type=int, help="configs with fewer rows get a train split only (default 100)")
     p.add_argument("--seed", type=int, help="split seed (default: the run's seed)")
     p.add_argument("--overwrite", action="store_true",
-                   help="publish into a repo/folder that holds other data (another run's publish, a foreign repo)")
+                   help="publish over another run's publish (a local folder or a Hub repo), or into an existing Hub "
+                        "repo evolkit did not publish: data/ and images/ are replaced by this run's, README.md and "
+                        "provenance.json overwritten, other files stay (one commit; the history stays). A local "
+                        "folder evolkit did not write is never replaced")
     p.add_argument("--pretty-name", help="the card's title / pretty_name")
     p.add_argument("-m", "--message", help="commit message")
     p.set_defaults(func=cmd_publish)

@@ -5,16 +5,20 @@
 
 The embedded default is a small packaged sample (100 GSM8k + 100 MATH train problems, see ``evolkit/data/SOURCE.md``).
 Paths may start with ``{data}`` for the shared data folder (``EVOLKIT_DATA``). A malformed file raises
-:class:`~evolkit.errors.DataError` naming the file and line.
+:class:`~evolkit.errors.DataError` naming the file and line. Records without a gold answer (a MATH solution without
+``\\boxed{...}``, as two of MATH's 7,500 train problems) are skipped with a warning naming them when they are at most
+1% of a file; more than that is an error (a wrong file or format).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +26,29 @@ from .errors import DataError
 from .records import Problem
 from .settings import PACKAGE_DIR, data_dir
 
+log = logging.getLogger("evolkit")
+
 SAMPLE_DIR = PACKAGE_DIR / "data"
 REQUIRED = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
+#: Data files evolkit reads: JSON lines, a JSON list of objects, Parquet.
+SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 
 
 def expand_path(path: str) -> Path:
     return Path(path.replace("{data}", str(data_dir()))).expanduser()
+
+
+def missing_data_hint(path: str) -> str:
+    """Why a ``{data}/...`` path may be missing: the data folder itself is not there (`` (...)`` or empty)."""
+    if "{data}" not in path:
+        return ""
+    d = data_dir()
+    if d.is_dir():
+        return ""
+    env = os.environ.get("EVOLKIT_DATA")
+    src = f"EVOLKIT_DATA={env}" if env else "the default, ../shared/data"
+    what = "is not a folder" if d.exists() else "does not exist"
+    return f" ({{data}} is {d}, from {src}, which {what}; set EVOLKIT_DATA to the shared data folder)"
 
 
 def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -35,6 +56,11 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     p = Path(path)
     if not p.exists():
         raise DataError(f"{p}: no such file")
+    if p.is_dir():
+        raise DataError(f"{p}: is a folder, not a data file")
+    if p.suffix not in SUFFIXES:
+        raise DataError(f"{p}: unsupported file type {p.suffix or '(no extension)'!r} "
+                        f"(expected {', '.join(SUFFIXES)})")
     if p.stat().st_size == 0:
         raise DataError(f"{p}: the file is empty")
     if p.suffix == ".parquet":
@@ -83,6 +109,33 @@ def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
         raise DataError(f"{p}: no records (only blank lines)")
 
 
+class NoGold(DataError):
+    """A record whose solution holds no gold answer."""
+
+
+#: Records without a gold answer are skipped (with a warning naming them) when they are at most this share of a file:
+#: MATH's train set has two (an empty ``\boxed{}``). More than that means a wrong file or format: an error.
+MAX_NO_GOLD_SHARE = 0.01
+
+
+def _problems(source: str, rows: Iterable[tuple[str, int, dict[str, Any]]], split: str, what: str) -> list[Problem]:
+    """Problems of ``(where, index, row)`` records; records without a gold answer are skipped if they are few."""
+    problems: list[Problem] = []
+    no_gold: list[NoGold] = []
+    for where, idx, row in rows:
+        try:
+            problems.append(problem_from_row(source, row, idx, split, where))
+        except NoGold as e:
+            no_gold.append(e)
+    if no_gold:
+        total = len(problems) + len(no_gold)
+        if len(no_gold) > MAX_NO_GOLD_SHARE * total:
+            raise DataError(f"{no_gold[0]} ({len(no_gold)} of {total} records of {what} lack a gold answer)")
+        log.warning("%s: skipped %d of %d records without a gold answer: %s", what, len(no_gold), total,
+                    "; ".join(str(e) for e in no_gold[:5]))
+    return problems
+
+
 def _level(v: Any) -> int | None:
     m = re.search(r"\d", str(v or ""))
     return int(m.group()) if m else None
@@ -106,6 +159,8 @@ def problem_from_row(source: str, row: dict[str, Any], idx: int, split: str, whe
             reference_solution=row["answer"], root_id=pid,
         )
     gold = math_gold(row["solution"])
+    if gold is None:
+        raise NoGold(f"{where}: field 'solution' has no \\boxed{{<answer>}} (the gold answer of a MATH record)")
     pid = str(row.get("unique_id") or row.get("id") or f"math-{split}-{idx:05d}")
     pid = pid if pid.startswith("math") else f"math-{pid}"
     return Problem(
@@ -142,12 +197,15 @@ def load_problems(
             ds = datasets.load_dataset(hub_id, hub_config, split=split)
         except Exception as e:
             raise DataError(f"{hub_id}: could not load split {split!r}: {e}") from None
-        return [problem_from_row(source, r, i, split, f"{hub_id}[{split}] row {i}") for i, r in enumerate(ds)]
+        return _problems(source, ((f"{hub_id}[{split}] row {i}", i, r) for i, r in enumerate(ds)), split, hub_id)
     if path is None:
         file = SAMPLE_DIR / f"sample_{source}.jsonl"
     else:
-        file = _local_file(source, expand_path(str(path)), split)
-    problems = [problem_from_row(source, r, i - 1, split, f"{file}:{i}") for i, r in read_rows(file)]
+        file = expand_path(str(path))
+        if not file.exists():
+            raise DataError(f"{file}: no such file{missing_data_hint(str(path))}")
+        file = _local_file(source, file, split)
+    problems = _problems(source, ((f"{file}:{i}", i - 1, r) for i, r in read_rows(file)), split, str(file))
     ids = defaultdict(int)
     for pr in problems:
         ids[pr.id] += 1

@@ -176,6 +176,34 @@ class ShardWriter:
         self.close()
 
 
+def check_output_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """Refuse a folder that cannot be made or written: it (or a folder above it) is a file, or the nearest existing
+    folder above it is not writable. Called before anything is written, so a bad ``-o``/``--local`` changes nothing."""
+    path = Path(path)
+    for parent in [path, *path.absolute().parents]:
+        if parent.exists():
+            if not parent.is_dir():
+                where = "it is a file" if parent == path else f"{parent} is a file"
+                raise DataError(f"{path}: cannot be the {what}: {where}")
+            if not os.access(parent, os.W_OK | os.X_OK):
+                raise DataError(f"{path}: cannot be the {what}: cannot write in {parent} (not writable)")
+            break
+    return path
+
+
+#: What a run folder holds (see the module docstring): a folder holding anything else is not a run folder.
+RUN_FOLDER_ENTRIES = frozenset({"config.yaml", "manifest.json", "cache.sqlite", "cache.sqlite-wal", "cache.sqlite-shm",
+                                "cache.sqlite-journal", "seeds", "sft", "evolve", "irm", "prm", "review", "calibration",
+                                "dataset"})
+
+
+def foreign_entries(path: Path) -> list[str]:
+    """Entries of an existing folder that a run folder never holds (``*.tmp`` files of a killed write are evolkit's own;
+    hidden files such as ``.gitkeep`` do not count)."""
+    return sorted(p.name for p in path.iterdir()
+                  if p.name not in RUN_FOLDER_ENTRIES and not p.name.endswith(".tmp") and not p.name.startswith("."))
+
+
 class RunStore:
     def __init__(self, root: str | os.PathLike[str], create: bool = True):
         self.root = Path(root)
@@ -199,8 +227,12 @@ class RunStore:
             return {}
         try:
             data = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise DataError(f"{p}: not a valid run config ({e})") from None
+        except UnicodeDecodeError as e:
+            raise DataError(f"{p}: not a valid run config (not UTF-8 text: {e.reason} at byte {e.start})") from None
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise DataError(f"{at}: not a valid run config ({getattr(e, 'problem', None) or e})") from None
         if not isinstance(data, dict):
             raise DataError(f"{p}: not a valid run config (not a mapping)")
         return data

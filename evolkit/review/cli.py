@@ -34,7 +34,9 @@ def open_store(run_dir: str) -> Any:
     p = Path(run_dir)
     if not (p / "manifest.json").exists():
         raise EvolkitError(f"{p}: not a run folder (no manifest.json); give the folder of a run (-o of `evolkit run`)")
-    return RunStore(p)
+    store = RunStore(p)
+    store.manifest()  # a damaged manifest fails here, before any server is contacted
+    return store
 
 
 def _load_output(store: Any, stage: str, name: str) -> list[dict[str, Any]]:

@@ -59,11 +59,12 @@ import hashlib
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import filters, prompts
 from ..answers import extract_answer, majority_answer, split_steps
@@ -148,6 +149,16 @@ class EliminationConfig(BaseModel):
     llm_check_prompt: str = "check_info_gain"
     #: Ask for ``{"answer": "yes"|"no"}`` where the backend can constrain its output (a plain Yes/No is read too).
     structured_output: bool = True
+
+    @field_validator("artifacts", "refusals", "solution_markers")
+    @classmethod
+    def _regexes(cls, patterns: list[str]) -> list[str]:
+        for i, p in enumerate(patterns):
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError(f"entry {i} ({p!r}) is not a regular expression: {e}") from None
+        return patterns
 
 
 class DedupConfig(BaseModel):

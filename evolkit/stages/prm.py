@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import random
 import time
@@ -493,24 +492,11 @@ def load_labelled_steps(path: str | Path) -> list[dict[str, Any]]:
     """Human-labelled steps in PRM800K's stepwise-critique format (``.jsonl`` or ``.parquet``): one row per candidate
     step with ``instruction``, ``responses`` (accepted prefix), ``next_response``, ``rating`` (+1/0/-1/null),
     ``is_human_response``. Human-written steps without a rating count as +1; other unrated rows are skipped."""
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file")
-    if path.suffix == ".parquet":
-        from ..store import read_parquet
+    from ..seeds import read_rows
 
-        raw = list(enumerate(read_parquet(path), 1))
-    else:
-        raw = []
-        with open(path, encoding="utf-8") as f:
-            for n, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        raw.append((n, json.loads(line)))
-                    except json.JSONDecodeError as e:
-                        raise DataError(f"{path}:{n}: invalid JSON: {e.msg}") from None
+    path = Path(path)
     rows = []
-    for n, r in raw:
+    for n, r in read_rows(path):  # errors name the file and line (missing, empty, not JSON, not UTF-8 ...)
         for k in ("instruction", "responses", "next_response"):
             if k not in r:
                 raise DataError(f"{path}:{n}: missing field {k!r} (expected PRM800K stepwise-critique rows)")
@@ -523,6 +509,8 @@ def load_labelled_steps(path: str | Path) -> list[dict[str, Any]]:
             raise DataError(f"{path}:{n}: rating must be -1, 0, 1 or null, got {rating!r}")
         rows.append({"line": n, "instruction": r["instruction"], "prefix": list(r["responses"] or []),
                      "step": r["next_response"], "rating": int(rating)})
+    if not rows:
+        raise DataError(f"{path}: no labelled steps (every row is unrated and not human-written)")
     return rows
 
 

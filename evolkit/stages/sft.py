@@ -25,9 +25,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import prompts
 from ..answers import extract_answer, split_steps
 from ..backends import Request
-from ..errors import DataError
+from ..errors import ConfigError, DataError
 from ..records import Problem, SFTExample, Solution, Usage
-from ..seeds import expand_path, read_rows
+from ..seeds import expand_path, missing_data_hint, read_rows
 from ..store import GroupReader
 from ..types import StageContext, StepEnv, Step
 
@@ -73,12 +73,26 @@ class Config(BaseModel):
     drop_truncated: bool = True
 
 
+def fewshot_exemplars(name_or_path: str) -> list[dict[str, str]]:
+    """The exemplars of a few-shot file: ``{"exemplars": [{"question", "solution"}, ...]}``."""
+    data = prompts.load_json(name_or_path)
+    shots = data.get("exemplars") if isinstance(data, dict) else None
+    where = prompts.prompt_path(name_or_path)
+    if not isinstance(shots, list):
+        raise ConfigError(f"{where}: a few-shot file needs an 'exemplars' list of {{question, solution}} objects")
+    for i, ex in enumerate(shots, 1):
+        for f in ("question", "solution"):
+            if not isinstance(ex, dict) or not isinstance(ex.get(f), str):
+                raise ConfigError(f"{where}: exemplar {i} has no {f!r} text")
+    return shots
+
+
 def _prefix(cfg: Config, math: bool) -> list[dict[str, str]]:
     """The messages before the question: system prompt and few-shot exemplars (the same for every problem of a kind)."""
     msgs = [{"role": "system", "content": prompts.load_text(cfg.prompts.solve_system)}]
     if cfg.fewshot:
-        shots = prompts.load_json(cfg.prompts.fewshot_math if math else cfg.prompts.fewshot_gsm8k)
-        for ex in shots["exemplars"][: cfg.fewshot]:
+        shots = fewshot_exemplars(cfg.prompts.fewshot_math if math else cfg.prompts.fewshot_gsm8k)
+        for ex in shots[: cfg.fewshot]:
             msgs.append({"role": "user", "content": prompts.render(cfg.prompts.solve_user, question=ex["question"])})
             msgs.append({"role": "assistant", "content": ex["solution"]})
     return msgs
@@ -169,7 +183,8 @@ def load_open_domain(cfg: OpenDomainConfig, n: int, seed: int) -> list[SFTExampl
     path = expand_path(cfg.path)
     if not path.exists():
         if cfg.required:
-            raise DataError(f"{path}: open-domain file not found (set stages.sft.open_domain.path, or required: false)")
+            raise DataError(f"{path}: open-domain file not found{missing_data_hint(cfg.path)} (set "
+                            f"stages.sft.open_domain.path, or required: false)")
         return []
     rows = []
     for line, r in read_rows(path):
@@ -271,6 +286,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
     problems = ctx.seeds()
+    if cfg.open_domain is not None:
+        load_open_domain(cfg.open_domain, 0, ctx.config.seed)  # a missing or malformed file fails before any request
     reader = asyncio.run(solve_problems(ctx, problems, cfg, STAGE, desc="sft: solving seeds"))
     store = ctx.store
     sols, sft, dropped = store.sink(STAGE, "solutions"), store.sink(STAGE, "sft"), store.sink(STAGE, "dropped")
