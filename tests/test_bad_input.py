@@ -555,7 +555,7 @@ CASES: list[Case] = [
          {**C, "steps.jsonl": STEP.replace('"rating": 1', '"rating": 5')}),
     Case("calibrate_data_folder", "calibrate prm <C> --data <T>/stepsdir -o <T>/cal", ("<T>/stepsdir", "folder"),
          {**C, "stepsdir/a.jsonl": STEP}),
-    Case("prm_calibrate_flags_without_calibrate", "prm <C> --data x.jsonl -o <T>/out", ("prm calibrate",), C),
+    Case("prm_stage_with_calibrate_flags", "prm <C> --data x.jsonl -o <T>/out", ("unrecognized arguments: --data",), C),
     # --- through a subprocess: the real exit status ------------------------------------------------------------------
     Case("sub_set_index", RUN + " --set seeds.5.n=3", ("--set seeds.5.n",), C, sub=True),
     Case("sub_out_is_a_file", "run <C> -o <T>/afile --no-progress", ("<T>/afile",), {**C, "afile": "x"}, sub=True),
