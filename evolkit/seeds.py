@@ -4,83 +4,28 @@
 * MATH: ``{"problem", "solution", "level", "type"[, "unique_id"]}``; the gold answer is the last ``\\boxed{}`` of the solution.
 
 The embedded default is a small packaged sample (100 GSM8k + 100 MATH train problems, see ``evolkit/data/SOURCE.md``).
-Paths may start with ``{data}`` for the shared data folder (``EVOLKIT_DATA``). A malformed file raises
-:class:`~evolkit.errors.DataError` naming the file and line.
+Files are read by :mod:`evolkit.datafiles` (paths may start with ``{data}`` for the shared data folder,
+``EVOLKIT_DATA``); a malformed file raises :class:`~evolkit.errors.DataError` naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from .datafiles import expand_path, load_table, read_rows
 from .errors import DataError
 from .records import Problem
-from .settings import PACKAGE_DIR, data_dir
+from .settings import PACKAGE_DIR
+
+#: ``expand_path`` and ``read_rows`` live in :mod:`evolkit.datafiles` (re-exported here for the stages' imports).
+__all__ = ["expand_path", "load_problems", "load_seeds", "problem_from_row", "read_rows", "sample"]
 
 SAMPLE_DIR = PACKAGE_DIR / "data"
 REQUIRED = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
-
-
-def expand_path(path: str) -> Path:
-    return Path(path.replace("{data}", str(data_dir()))).expanduser()
-
-
-def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) from a .jsonl, .json (list of objects) or .parquet file, with errors that name file and line."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: the file is empty")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(p)
-        except Exception as e:
-            raise DataError(f"{p}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, row
-        return
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), None)
-        if not isinstance(data, list):
-            raise DataError(f"{p}: expected a JSON list of objects")
-        for i, row in enumerate(data, start=1):
-            if not isinstance(row, dict):
-                raise DataError(f"{p}: item {i} is not an object")
-            yield i, row
-        return
-    n = 0
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{i}: invalid JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{p}:{i}: expected a JSON object, got {type(row).__name__}")
-        n += 1
-        yield i, row
-    if n == 0:
-        raise DataError(f"{p}: no records (only blank lines)")
 
 
 def _level(v: Any) -> int | None:
@@ -115,16 +60,6 @@ def problem_from_row(source: str, row: dict[str, Any], idx: int, split: str, whe
     )
 
 
-def _local_file(source: str, path: Path, split: str) -> Path:
-    if path.is_dir():
-        for ext in (".jsonl", ".parquet", ".json"):
-            for cand in (path / f"{split}{ext}", path / source / f"{split}{ext}"):
-                if cand.exists():
-                    return cand
-        raise DataError(f"{path}: no {split}.jsonl / .parquet / .json in this folder")
-    return path
-
-
 def load_problems(
     source: str,
     path: str | Path | None = None,
@@ -136,24 +71,17 @@ def load_problems(
     if source not in REQUIRED:
         raise DataError(f"unknown seed source {source!r} (known: {', '.join(REQUIRED)})")
     if hub_id:
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(hub_id, hub_config, split=split)
-        except Exception as e:
-            raise DataError(f"{hub_id}: could not load split {split!r}: {e}") from None
-        return [problem_from_row(source, r, i, split, f"{hub_id}[{split}] row {i}") for i, r in enumerate(ds)]
-    if path is None:
-        file = SAMPLE_DIR / f"sample_{source}.jsonl"
-    else:
-        file = _local_file(source, expand_path(str(path)), split)
-    problems = [problem_from_row(source, r, i - 1, split, f"{file}:{i}") for i, r in read_rows(file)]
+        table = load_table(hub_id=hub_id, hub_config=hub_config, split=split)
+        return [problem_from_row(source, r, i, split, table.where(i)) for i, r in table.rows]
+    file = SAMPLE_DIR / f"sample_{source}.jsonl" if path is None else Path(str(path))
+    table = load_table(file, split=split, subfolders=(source,))
+    problems = [problem_from_row(source, r, i - 1, split, table.where(i)) for i, r in table.rows]
     ids = defaultdict(int)
     for pr in problems:
         ids[pr.id] += 1
     dup = [k for k, v in ids.items() if v > 1]
     if dup:
-        raise DataError(f"{file}: duplicate ids, e.g. {dup[0]!r}")
+        raise DataError(f"{table.name}: duplicate ids, e.g. {dup[0]!r}")
     return problems
 
 

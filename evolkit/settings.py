@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -28,6 +29,8 @@ def data_dir() -> Path:
     return (REPO_DIR / ".." / "shared" / "data").resolve()
 
 
-def secret_values() -> list[str]:
-    """The current values of secret environment variables (non-trivial ones only)."""
-    return [v for k in SECRET_ENV_VARS if (v := os.environ.get(k)) and len(v) >= 6]
+def secret_values(extra_names: Iterable[str] = ()) -> list[str]:
+    """The current values of secret environment variables (non-trivial ones only): the known ones
+    (:data:`SECRET_ENV_VARS`) and ``extra_names`` (e.g. every ``api_key_env`` a run config names)."""
+    names = dict.fromkeys([*SECRET_ENV_VARS, *extra_names])
+    return list(dict.fromkeys(v for k in names if k and (v := os.environ.get(k)) and len(v) >= 6))
