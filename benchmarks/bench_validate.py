@@ -6,7 +6,9 @@ characters each; ``prm``: 3-8 steps with labels and scores; ``irm_rankings``: 4 
 * ``validate_rows``: what ``evolkit publish`` runs (validation + normalisation to the records' field order);
 * ``jsonschema all rows``: ``Draft202012Validator(schema)`` built once, ``is_valid`` on every row;
 * ``pydantic strict``: ``Model.model_validate(row, strict=True)`` on every row (no JSON Schema involved);
-* ``with 1% bad rows``: ``validate_rows`` on the same rows with every 100th row broken (the error path).
+* ``with 1% bad rows``: ``validate_rows`` on the same rows with every 100th row broken (the error path);
+* ``scrub secrets``: ``evolkit.publish.Scrubber.rows`` with two secret values set (what a publish adds when keys are in
+  the environment).
 
     .venv/bin/python benchmarks/bench_validate.py                 # 100k rows, sft prm irm_rankings
     .venv/bin/python benchmarks/bench_validate.py --n 20000 --configs sft
@@ -117,6 +119,13 @@ def main() -> None:
             raise AssertionError("broken rows were accepted")
 
         lines.append(("with 1% bad rows", broken))
+        try:
+            from evolkit.publish import Scrubber
+        except ImportError:  # an evolkit without secret scrubbing of rows
+            Scrubber = None
+        if Scrubber is not None:
+            scrubber = Scrubber(["sk-bench-0123456789abcdef", "hf_bench0123456789"])
+            lines.append(("scrub secrets", lambda: scrubber.rows(rows)))
         for what, fn in lines:
             s = timed(fn)
             print(f"{config:<13} {what:<24} {s:8.2f} {args.n / s:10,.0f}", flush=True)

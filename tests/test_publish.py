@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -67,8 +68,10 @@ def test_layout_and_load_dataset_round_trip(published, fixture_run):
     assert {"README.md", "provenance.json"} <= files
     assert any(f.startswith("images/") and f.endswith(".png") for f in files)
     for config, counts in result.configs.items():
-        for split in counts:
-            assert f"data/{config}/{split}-00000-of-00001.parquet" in files
+        for split in counts:  # data/<config>/<split>-00000-of-00001-<16 hex digits of the file's SHA-256>.parquet
+            [name] = [f for f in files if f.startswith(f"data/{config}/{split}-00000-of-00001-")]
+            digest = name.rsplit("-", 1)[1].removesuffix(".parquet")
+            assert len(digest) == 16 and hashlib.sha256((out / name).read_bytes()).hexdigest().startswith(digest)
     assert not [f for f in files if not f.startswith(("data/", "images/")) and f not in ("README.md",
                                                                                          "provenance.json")]
 
@@ -284,7 +287,7 @@ def test_dry_run_writes_nothing(fixture_run, tmp_path):
     assert not (tmp_path / "ds").exists()
     text = res.hint
     assert text.startswith("dry run: nothing was written or pushed")
-    assert "README.md" in text and "data/sft/train-00000-of-00001.parquet" in text
+    assert "README.md" in text and "data/sft/train-00000-of-00001-" in text
 
 
 def test_separate_folders_per_config(fixture_run, tmp_path):
@@ -666,3 +669,28 @@ def test_no_key_in_any_published_file(run_copy, tmp_path, monkeypatch):
     assert "HTTP 401: invalid key *** ***" in card
     prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
     assert prov["config"]["backend"]["api_key_env"] == "EVOLKIT_TEST_STUB_KEY"  # the variable's name is no secret
+
+
+def test_republished_labels_are_what_load_dataset_reads(run_copy, tmp_path):
+    """Re-publishing changed rows of the same size (a reviewer flips one PRM label) into the same folder: load_dataset
+    must read the new rows, not its cache of the old ones (the data files' names carry their content hash)."""
+    import datasets
+
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore, write_parquet
+
+    out = tmp_path / "ds"
+    publish_run(run_copy, local=out, configs=["prm"], **SPLIT)
+    def labels() -> dict[str, list[bool]]:
+        ds = datasets.load_dataset(str(out), "prm")
+        return {r["id"]: r["labels"] for split in ds for r in ds[split]}
+
+    first = labels()
+    rows = RunStore(run_copy).load("prm", "prm")
+    rows[0]["labels"] = [not x for x in rows[0]["labels"]]
+    write_parquet(run_copy / "prm" / "prm.parquet", rows)
+    publish_run(run_copy, local=out, configs=["prm"], **SPLIT)
+    again = labels()
+    assert again[rows[0]["id"]] == rows[0]["labels"] != first[rows[0]["id"]]
+    assert {k: v for k, v in again.items() if k != rows[0]["id"]} == {k: v for k, v in first.items()
+                                                                       if k != rows[0]["id"]}

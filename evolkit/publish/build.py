@@ -12,7 +12,7 @@ Steps, in order, all before anything is written or pushed:
 2. **validate** each row against ``schemas/<config>.schema.json`` (:mod:`.validate`; errors name config, row, id and
    field), plus checks a JSON Schema cannot express (e.g. as many PRM labels as steps);
 3. **split** into train/test by *root problem* (:func:`.specs.assign_splits`);
-4. **write** ``data/<config>/<split>-00000-of-00001.parquet``, ``images/<stage>/*.png`` (the stages' plots),
+4. **write** ``data/<config>/<split>-00000-of-00001-<content hash>.parquet``, ``images/<stage>/*.png`` (the stages' plots),
    ``README.md`` (the card, :mod:`.card`) and ``provenance.json`` into a staging folder. Every value written is
    scrubbed of secrets: the values of ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, ``OPENAI_API_KEY``,
    ``ARGILLA_API_KEY`` and of every ``api_key_env`` the run config names (any backend role), and the Hub token used.
@@ -85,6 +85,8 @@ class Scrubber:
     def __init__(self, secrets: Iterable[str]):
         self.secrets = sorted({s for s in secrets if s}, key=len, reverse=True)
         self._rx = re.compile("|".join(map(re.escape, self.secrets))) if self.secrets else None
+        # A secret that JSON escapes (quotes, backslashes, control characters) cannot be found in JSON text.
+        self._json_safe = all(json.dumps(s, ensure_ascii=False)[1:-1] == s for s in self.secrets)
 
     def text(self, s: str) -> str:
         return self._rx.sub("***", s) if self._rx is not None else s
@@ -101,10 +103,13 @@ class Scrubber:
         return v
 
     def rows(self, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The rows with secrets replaced (the same objects when none holds one)."""
+        """The rows (JSON values) with secrets replaced: the same list when none holds one (one search over the
+        rows' JSON text decides), else every value walked."""
         if self._rx is None:
             return rows
-        return [self.value(r) if self._rx.search(json.dumps(r, ensure_ascii=False)) else r for r in rows]
+        if self._json_safe and not self._rx.search(json.dumps(rows, ensure_ascii=False)):
+            return rows
+        return [self.value(r) for r in rows]
 
 
 def publish_secrets(store: RunStore, token: str | None = None) -> list[str]:
@@ -222,6 +227,21 @@ def write_config_parquet(path: Path, config: str, rows: list[dict[str, Any]]) ->
 
 
 
+def write_split(out_dir: Path, config: str, split: str, rows: list[dict[str, Any]]) -> str:
+    """Write one split as ``data/<config>/<split>-00000-of-00001-<content hash>.parquet``; return that path.
+
+    The name carries the first 16 hex digits of the file's SHA-256, and the card names each file exactly: ``datasets``
+    caches a local folder by its configs' file patterns, so a re-published folder whose files kept their names would
+    be read from that cache (the old rows) by ``load_dataset``. The same rows give the same bytes, hence the same
+    name: re-publishing an unchanged run changes nothing."""
+    tmp = out_dir / f"data/{config}/.{split}.parquet.tmp"
+    write_config_parquet(tmp, config, rows)
+    digest = hashlib.sha256(tmp.read_bytes()).hexdigest()[:16]
+    rel = f"data/{config}/{split}-00000-of-00001-{digest}.parquet"
+    os.replace(tmp, out_dir / rel)
+    return rel
+
+
 def _package_versions() -> dict[str, str]:
     names = ["evolkit", "datasets", "huggingface-hub", "pyarrow", "pydantic", "jsonschema", "Jinja2", "transformers",
              "torch", "trl", "vllm", "openai", "math-verify", "argilla"]
@@ -276,10 +296,9 @@ def build(run_dir: str | os.PathLike[str], out_dir: Path, options: PublishOption
             entry["default"] = True
         entry["data_files"] = []
         for split in d.splits:
-            rel = f"data/{d.name}/{split}-00000-of-00001.parquet"
-            write_config_parquet(out_dir / rel, d.name, d.split_rows(split))
+            rel = write_split(out_dir, d.name, split, d.split_rows(split))
             record(rel, rows=len(d.splits[split]))
-            entry["data_files"].append({"split": split, "path": f"data/{d.name}/{split}-*.parquet"})
+            entry["data_files"].append({"split": split, "path": rel})
         configs_yaml.append(entry)
 
     # Plots of the stages that ran
