@@ -616,8 +616,11 @@ def test_no_absolute_local_path_in_card_or_provenance(published, fixture_run):
     assert "  path: open_domain.jsonl" in text and "benchmark_test.jsonl" in text
     assert public_path(str(data_dir() / "gsm8k" / "train.jsonl")) == "{data}/gsm8k/train.jsonl"
     assert public_path(str(fixture_run / "evolve" / "growth.png"), fixture_run) == "evolve/growth.png"
-    assert public_paths({"a": ["see /home/alice/x/y.jsonl:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl"]}) \
-        == {"a": ["see y.jsonl:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl"]}
+    local = str(fixture_run.parent / "x" / "y.jsonl")
+    assert public_paths({"a": [f"see {local}:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl",
+                               "POST /v1/chat/completions: HTTP 500"]}) \
+        == {"a": ["see y.jsonl:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl",
+                  "POST /v1/chat/completions: HTTP 500"]}
 
 
 def test_no_key_in_any_published_file(run_copy, tmp_path, monkeypatch):

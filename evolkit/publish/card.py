@@ -49,6 +49,12 @@ def public_path(path: str, run_dir: Path | None = None) -> str:
     return p.name
 
 
+def _local(path: str) -> bool:
+    """Whether an absolute path names a place on this machine: its top folder exists (``/tmp/...``, ``/home/...``,
+    not the ``/v1/chat/completions`` of a URL in an error message)."""
+    return Path("/" + path.lstrip("/").split("/", 1)[0]).exists()
+
+
 def public_paths(obj: Any, run_dir: Path | None = None) -> Any:
     """``obj`` (JSON-like) with every absolute local path inside its strings replaced by :func:`public_path`."""
     if isinstance(obj, dict):
@@ -56,7 +62,7 @@ def public_paths(obj: Any, run_dir: Path | None = None) -> Any:
     if isinstance(obj, list):
         return [public_paths(v, run_dir) for v in obj]
     if isinstance(obj, str) and "/" in obj:
-        return _ABS_PATH.sub(lambda m: public_path(m.group(0), run_dir), obj)
+        return _ABS_PATH.sub(lambda m: public_path(m.group(0), run_dir) if _local(m.group(0)) else m.group(0), obj)
     return obj
 
 
