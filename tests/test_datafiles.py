@@ -1,4 +1,4 @@
-"""The one "local file or Hub id" loader (evolkit.datafiles) that seeds, eval, contamination and filters read through."""
+"""The one "local file or Hub id" loader (evolkit.datafiles): seeds, eval, contamination and filters read through it."""
 
 from __future__ import annotations
 

@@ -12,8 +12,8 @@ Steps, in order, all before anything is written or pushed:
 2. **validate** each row against ``schemas/<config>.schema.json`` (:mod:`.validate`; errors name config, row, id and
    field), plus checks a JSON Schema cannot express (e.g. as many PRM labels as steps);
 3. **split** into train/test by *root problem* (:func:`.specs.assign_splits`);
-4. **write** ``data/<config>/<split>-00000-of-00001-<content hash>.parquet``, ``images/<stage>/*.png`` (the stages' plots),
-   ``README.md`` (the card, :mod:`.card`) and ``provenance.json`` into a staging folder. Every value written is
+4. **write** ``data/<config>/<split>-00000-of-00001-<content hash>.parquet``, ``images/<stage>/*.png`` (the stages'
+   plots), ``README.md`` (the card, :mod:`.card`) and ``provenance.json`` into a staging folder. Every value written is
    scrubbed of secrets: the values of ``HF_TOKEN``, ``HUGGING_FACE_HUB_TOKEN``, ``OPENAI_API_KEY``,
    ``ARGILLA_API_KEY`` and of every ``api_key_env`` the run config names (any backend role), and the Hub token used.
 
