@@ -16,8 +16,10 @@ from .errors import EvolkitError
 RECIPES = Path(__file__).resolve().parent / "recipes"
 
 #: Modules that add their own sub-commands (``add_commands(subparsers)``): publishing, review, evaluation ...
-COMMAND_MODULES: list[str] = ["evolkit.eval", "evolkit.publish", "evolkit.review.cli", "evolkit.calibrate",
-                              "evolkit.rleif"]
+COMMAND_MODULES: list[str] = [
+    "evolkit.eval.cli", "evolkit.contamination", "evolkit.publish.cli", "evolkit.review.cli", "evolkit.calibrate",
+    "evolkit.rleif",
+]
 
 DESCRIPTION = """\
 evolkit turns a few thousand math word problems into a large, verified training corpus (the WizardMath RLEIF recipe):

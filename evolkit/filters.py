@@ -710,13 +710,14 @@ class Match:
 
 def load_test_items(paths: Iterable[str | Path], fields: Sequence[str] = TEXT_FIELDS) -> list[BenchmarkItem]:
     """Problems of benchmark test files (.jsonl / .json / .parquet): the first of ``fields`` each row has."""
+    from .datafiles import load_table
     from .errors import DataError
-    from .seeds import expand_path, read_rows
 
     items: list[BenchmarkItem] = []
     for p in paths:
-        path = expand_path(str(p))
-        for line, row in read_rows(path):
+        table = load_table(Path(str(p)))
+        path = table.path or Path(table.name)
+        for line, row in table.rows:
             f = next((f for f in fields if isinstance(row.get(f), str) and row[f].strip()), None)
             if f is None:
                 raise DataError(f"{path}:{line}: no text field (looked for {', '.join(fields)})")

@@ -149,9 +149,8 @@ def ranking_pair_agreement(r1: Mapping[str, float], r2: Mapping[str, float]) -> 
 
 
 def fmt(x: float | int | None, digits: int = 3) -> str:
-    """A figure for a table: ``-`` for undefined."""
-    if x is None:
-        return "-"
-    if isinstance(x, int):
-        return str(x)
-    return f"{x:.{digits}f}"
+    """A figure for a table with three decimals: :func:`evolkit.report.fmt` (the one formatter), kept here for the
+    callers that import it from this module."""
+    from .report import fmt as report_fmt
+
+    return report_fmt(x, digits)

@@ -4,109 +4,37 @@
 * MATH: ``{"problem", "solution", "level", "type"[, "unique_id"]}``; the gold answer is the last ``\\boxed{}`` of the solution.
 
 The embedded default is a small packaged sample (100 GSM8k + 100 MATH train problems, see ``evolkit/data/SOURCE.md``).
-Paths may start with ``{data}`` for the shared data folder (``EVOLKIT_DATA``). A malformed file raises
-:class:`~evolkit.errors.DataError` naming the file and line. Records without a gold answer (a MATH solution without
-``\\boxed{...}``, as two of MATH's 7,500 train problems) are skipped with a warning naming them when they are at most
-1% of a file; more than that is an error (a wrong file or format).
+Files are read by :mod:`evolkit.datafiles` (paths may start with ``{data}`` for the shared data folder,
+``EVOLKIT_DATA``); a malformed file raises :class:`~evolkit.errors.DataError` naming the file and line.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import random
 import re
 from collections import defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from .datafiles import expand_path, load_table, read_rows
 from .errors import DataError
 from .records import Problem
-from .settings import PACKAGE_DIR, data_dir
+from .settings import PACKAGE_DIR
 
-log = logging.getLogger("evolkit")
+log = logging.getLogger("evolkit.seeds")
+
+#: ``expand_path`` and ``read_rows`` live in :mod:`evolkit.datafiles` (re-exported here for the stages' imports).
+__all__ = ["expand_path", "load_problems", "load_seeds", "problem_from_row", "read_rows", "sample"]
 
 SAMPLE_DIR = PACKAGE_DIR / "data"
 REQUIRED = {"gsm8k": ("question", "answer"), "math": ("problem", "solution")}
-#: Data files evolkit reads: JSON lines, a JSON list of objects, Parquet.
-SUFFIXES = (".jsonl", ".ndjson", ".json", ".parquet")
 
 
-def expand_path(path: str) -> Path:
-    return Path(path.replace("{data}", str(data_dir()))).expanduser()
-
-
-def missing_data_hint(path: str) -> str:
-    """Why a ``{data}/...`` path may be missing: the data folder itself is not there (`` (...)`` or empty)."""
-    if "{data}" not in path:
-        return ""
-    d = data_dir()
-    if d.is_dir():
-        return ""
-    env = os.environ.get("EVOLKIT_DATA")
-    src = f"EVOLKIT_DATA={env}" if env else "the default, ../shared/data"
-    what = "is not a folder" if d.exists() else "does not exist"
-    return f" ({{data}} is {d}, from {src}, which {what}; set EVOLKIT_DATA to the shared data folder)"
-
-
-def read_rows(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """(line number, row) from a .jsonl, .json (list of objects) or .parquet file, with errors that name file and line."""
-    p = Path(path)
-    if not p.exists():
-        raise DataError(f"{p}: no such file")
-    if p.is_dir():
-        raise DataError(f"{p}: is a folder, not a data file")
-    if p.suffix not in SUFFIXES:
-        raise DataError(f"{p}: unsupported file type {p.suffix or '(no extension)'!r} "
-                        f"(expected {', '.join(SUFFIXES)})")
-    if p.stat().st_size == 0:
-        raise DataError(f"{p}: the file is empty")
-    if p.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            table = pq.read_table(p)
-        except Exception as e:
-            raise DataError(f"{p}: not a readable Parquet file ({e})") from None
-        for i, row in enumerate(table.to_pylist(), start=1):
-            yield i, row
-        return
-    raw = p.read_bytes()
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{p}:{line}: not UTF-8 text (byte 0x{raw[e.start]:02x} at offset {e.start})") from None
-    if p.suffix == ".json":
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{e.lineno}: invalid JSON: {e.msg}") from None
-        if isinstance(data, dict):
-            data = next((v for v in data.values() if isinstance(v, list)), None)
-        if not isinstance(data, list):
-            raise DataError(f"{p}: expected a JSON list of objects")
-        for i, row in enumerate(data, start=1):
-            if not isinstance(row, dict):
-                raise DataError(f"{p}: item {i} is not an object")
-            yield i, row
-        return
-    n = 0
-    for i, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{p}:{i}: invalid JSON: {e.msg} (column {e.colno})") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{p}:{i}: expected a JSON object, got {type(row).__name__}")
-        n += 1
-        yield i, row
-    if n == 0:
-        raise DataError(f"{p}: no records (only blank lines)")
+def _level(v: Any) -> int | None:
+    m = re.search(r"\d", str(v or ""))
+    return int(m.group()) if m else None
 
 
 class NoGold(DataError):
@@ -134,11 +62,6 @@ def _problems(source: str, rows: Iterable[tuple[str, int, dict[str, Any]]], spli
         log.warning("%s: skipped %d of %d records without a gold answer: %s", what, len(no_gold), total,
                     "; ".join(str(e) for e in no_gold[:5]))
     return problems
-
-
-def _level(v: Any) -> int | None:
-    m = re.search(r"\d", str(v or ""))
-    return int(m.group()) if m else None
 
 
 def problem_from_row(source: str, row: dict[str, Any], idx: int, split: str, where: str) -> Problem:
@@ -170,16 +93,6 @@ def problem_from_row(source: str, row: dict[str, Any], idx: int, split: str, whe
     )
 
 
-def _local_file(source: str, path: Path, split: str) -> Path:
-    if path.is_dir():
-        for ext in (".jsonl", ".parquet", ".json"):
-            for cand in (path / f"{split}{ext}", path / source / f"{split}{ext}"):
-                if cand.exists():
-                    return cand
-        raise DataError(f"{path}: no {split}.jsonl / .parquet / .json in this folder")
-    return path
-
-
 def load_problems(
     source: str,
     path: str | Path | None = None,
@@ -191,27 +104,17 @@ def load_problems(
     if source not in REQUIRED:
         raise DataError(f"unknown seed source {source!r} (known: {', '.join(REQUIRED)})")
     if hub_id:
-        import datasets
-
-        try:
-            ds = datasets.load_dataset(hub_id, hub_config, split=split)
-        except Exception as e:
-            raise DataError(f"{hub_id}: could not load split {split!r}: {e}") from None
-        return _problems(source, ((f"{hub_id}[{split}] row {i}", i, r) for i, r in enumerate(ds)), split, hub_id)
-    if path is None:
-        file = SAMPLE_DIR / f"sample_{source}.jsonl"
-    else:
-        file = expand_path(str(path))
-        if not file.exists():
-            raise DataError(f"{file}: no such file{missing_data_hint(str(path))}")
-        file = _local_file(source, file, split)
-    problems = _problems(source, ((f"{file}:{i}", i - 1, r) for i, r in read_rows(file)), split, str(file))
+        table = load_table(hub_id=hub_id, hub_config=hub_config, split=split)
+        return _problems(source, ((table.where(i), i, r) for i, r in table.rows), split, table.name)
+    file = SAMPLE_DIR / f"sample_{source}.jsonl" if path is None else Path(str(path))
+    table = load_table(file, split=split, subfolders=(source,))
+    problems = _problems(source, ((table.where(i), i - 1, r) for i, r in table.rows), split, table.name)
     ids = defaultdict(int)
     for pr in problems:
         ids[pr.id] += 1
     dup = [k for k, v in ids.items() if v > 1]
     if dup:
-        raise DataError(f"{file}: duplicate ids, e.g. {dup[0]!r}")
+        raise DataError(f"{table.name}: duplicate ids, e.g. {dup[0]!r}")
     return problems
 
 

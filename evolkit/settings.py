@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -36,13 +37,14 @@ def register_secret_envs(names: list[str] | tuple[str, ...] | set[str]) -> None:
     _EXTRA_SECRET_ENVS.update(n for n in names if n)
 
 
-def secret_env_names(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    return sorted(set(SECRET_ENV_VARS) | _EXTRA_SECRET_ENVS | set(extra))
+def secret_env_names(extra_names: Iterable[str] = ()) -> list[str]:
+    return sorted(set(SECRET_ENV_VARS) | _EXTRA_SECRET_ENVS | {n for n in extra_names if n})
 
 
-def secret_values(extra: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """The current values of secret environment variables (non-trivial ones only), longest first."""
-    vals = {v for k in secret_env_names(extra) if (v := os.environ.get(k)) and len(v) >= 6}
+def secret_values(extra_names: Iterable[str] = ()) -> list[str]:
+    """The current values of secret environment variables (non-trivial ones only), longest first: the known ones
+    (:data:`SECRET_ENV_VARS`), those a run registered, and ``extra_names`` (e.g. a config's ``api_key_env``s)."""
+    vals = {v for k in secret_env_names(extra_names) if (v := os.environ.get(k)) and len(v) >= 6}
     return sorted(vals, key=lambda v: (-len(v), v))
 
 

@@ -17,11 +17,17 @@ make the paper's figures what they are. The ones that matter (see ``tests/test_e
   ``7/2`` -> 4), so a non-integer answer can count as correct for an integer gold;
 * MATH answers are compared as normalised strings: ``\\dfrac14`` = ``\\frac{1}{4}`` = ``1/4``, and exactly ``0.5`` =
   ``\\frac{1}{2}``, but ``0.25`` != ``\\frac14``, ``1,000`` != ``1000``, ``x=3`` = ``3`` only when the left side has
-  at most two characters, and a unit is dropped only after ``\\text{ `` (with a space);
+  at most two characters, a unit is dropped only after ``\\text{ `` (with a space), ``\\%`` is dropped; where the
+  normalisation fails (``\\frac`` or ``\\sqrt`` with nothing after it, a non-integer ``a/b``, two units) the raw
+  strings are compared;
+* the MATH gold is the content of the reference solution's last ``\\boxed{...}``; a solution whose last box is an
+  ``\\fbox{...}`` has no gold, so no answer can match it;
 * a completion without the exact marker ``The answer is: `` is wrong, whatever else it says (``\\boxed{}`` alone is not
   read).
 
-Written from the protocol as described above; it shares no code with evolkit.answers on purpose.
+Written from the protocol's description and its inference scripts (WizardLM repo, ``WizardMath/inference``:
+``gsm8k_inference.py``, ``MATH_inference.py``, ``util.py``; the V1.0 string comparison, not the sympy ``math_equal``
+added later for V1.1); it shares no code with evolkit.answers on purpose.
 """
 
 from __future__ import annotations
@@ -113,13 +119,11 @@ def score_gsm8k(completion: str | None, gold: int | str | None) -> WizardMathVer
 
 
 def last_boxed(solution: str | None) -> str | None:
-    """The last ``\\boxed{...}`` (or ``\\fbox{...}``) of a solution including the command, or None.
+    """The last ``\\boxed{...}`` (else the last ``\\fbox{...}``) of a solution including the command, or None.
 
-    The brace-less form ``\\boxed 5`` is taken up to the next ``$``. Braces are counted without regard to escapes."""
+    Braces are counted from the command on, without regard to escapes; the protocol has no brace-less ``\\boxed 5``."""
     if not solution:
         return None
-    if "\\boxed " in solution:
-        return "\\boxed " + solution.split("\\boxed ")[-1].split("$")[0]
     start = solution.rfind("\\boxed")
     if start < 0:
         start = solution.rfind("\\fbox")
@@ -138,20 +142,15 @@ def last_boxed(solution: str | None) -> str | None:
 
 
 def unbox(boxed: str | None) -> str | None:
-    """``\\boxed{X}`` -> ``X`` (also ``\\fbox{X}`` and ``\\boxed X``)."""
-    if boxed is None:
+    """``\\boxed{X}`` -> ``X``; anything else (``\\fbox{X}`` included) -> None, as the protocol's ``remove_boxed``."""
+    if boxed is None or not boxed.startswith("\\boxed{") or not boxed.endswith("}"):
         return None
-    for head in ("\\boxed ",):
-        if boxed.startswith(head):
-            return boxed[len(head) :]
-    for head in ("\\boxed{", "\\fbox{"):
-        if boxed.startswith(head) and boxed.endswith("}"):
-            return boxed[len(head) : -1]
-    return None
+    return boxed[len("\\boxed{") : -1]
 
 
 def math_gold(solution: str) -> str | None:
-    """Gold answer of a MATH record the protocol's way: the content of the solution's last box."""
+    """Gold answer of a MATH record the protocol's way: the content of the solution's last box (None when that box is
+    an ``\\fbox``: such a problem can never be scored correct under the protocol)."""
     return unbox(last_boxed(solution))
 
 
@@ -168,13 +167,17 @@ def math_extract(completion: str | None) -> str | None:
     return ans.strip()
 
 
+# The normalisation below raises where the protocol's code raises (an empty argument after ``\\frac`` or ``\\sqrt``,
+# a non-integer ``a/b``, two units): :func:`is_equiv` then compares the raw strings, as the protocol does.
+
+
 def _fix_fracs(s: str) -> str:
     """``\\frac12`` -> ``\\frac{1}{2}``, ``\\frac1{x}`` -> ``\\frac{1}{x}``; braced arguments are left alone."""
     pieces = s.split("\\frac")
     out = pieces[0]
     for rest in pieces[1:]:
         out += "\\frac"
-        if rest.startswith("{"):
+        if rest[0] == "{":  # IndexError on "\\frac" with nothing after it: the protocol's fallback
             out += rest
             continue
         if len(rest) < 2:
@@ -185,17 +188,24 @@ def _fix_fracs(s: str) -> str:
 
 
 def _fix_slash(s: str) -> str:
-    """``a/b`` with integer ``a`` and ``b`` (and nothing else) -> ``\\frac{a}{b}``."""
-    if s.count("/") != 1:
+    """``a/b`` with integer ``a`` and ``b`` (and nothing else) -> ``\\frac{a}{b}``; a non-integer side raises."""
+    parts = s.split("/")
+    if len(parts) != 2:
         return s
-    a, b = s.split("/")
-    try:
-        ia, ib = int(a), int(b)
-    except ValueError:
-        return s
+    ia, ib = int(parts[0]), int(parts[1])  # ValueError: the protocol's fallback to raw strings
     if s != f"{ia}/{ib}":
         return s
     return "\\frac{" + str(ia) + "}{" + str(ib) + "}"
+
+
+def _remove_right_units(s: str) -> str:
+    """Everything from ``\\text{ `` (with the space) on goes; two of them raise (the protocol asserts one)."""
+    if "\\text{ " not in s:
+        return s
+    parts = s.split("\\text{ ")
+    if len(parts) != 2:
+        raise ValueError("more than one unit")
+    return parts[0]
 
 
 def _fix_sqrt(s: str) -> str:
@@ -205,14 +215,15 @@ def _fix_sqrt(s: str) -> str:
     pieces = s.split("\\sqrt")
     out = pieces[0]
     for rest in pieces[1:]:
-        if rest and rest[0] != "{":
+        if rest[0] != "{":  # IndexError on "\\sqrt" with nothing after it: the protocol's fallback
             rest = "{" + rest[0] + "}" + rest[1:]
         out += "\\sqrt" + rest
     return out
 
 
 def strip_string(s: str) -> str:
-    """The Hendrycks et al. (2021) MATH answer normalisation, step by step in its order."""
+    """The Hendrycks et al. (2021) MATH answer normalisation as WizardMath's ``util.py`` has it, step by step in its
+    order. Raises on the inputs the protocol's code raises on (see :func:`is_equiv`)."""
     s = s.replace("\n", "")
     s = s.replace("\\!", "")
     s = s.replace("\\\\", "\\")
@@ -220,8 +231,8 @@ def strip_string(s: str) -> str:
     s = s.replace("\\left", "").replace("\\right", "")
     s = s.replace("^{\\circ}", "").replace("^\\circ", "")
     s = s.replace("\\$", "")
-    if "\\text{ " in s:  # a unit written as "\text{ cm}": everything from it on goes
-        s = s.split("\\text{ ")[0]
+    s = _remove_right_units(s)
+    s = s.replace("\\%", "")  # percent signs
     s = s.replace(" .", " 0.").replace("{.", "{0.")
     if not s:
         return s
@@ -239,7 +250,8 @@ def strip_string(s: str) -> str:
 
 
 def is_equiv(a: str | None, b: str | None) -> bool:
-    """Hendrycks equivalence: both missing is equal, one missing is not, else equal normalised strings."""
+    """Hendrycks equivalence: both missing is equal, one missing is not, else equal normalised strings; when the
+    normalisation fails on either, equal raw strings."""
     if a is None and b is None:
         return True
     if a is None or b is None:

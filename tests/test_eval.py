@@ -8,6 +8,10 @@
 * The embedded SmolLM2 model answers 20 GSM8k problems end to end through the transformers backend and through a real
   OpenAI-compatible server (llama.cpp, the session fixture ``llama_server``).
 * Resume after SIGKILL redoes no finished sample; a resumed run equals an uninterrupted one.
+* ``--checker wizardmath`` runs the paper's protocol exactly (prompt, stop strings, greedy, max tokens) and the report
+  names the protocol that ran.
+
+The benchmarks are read from the shared data folder (``EVOLKIT_DATA``).
 """
 
 from __future__ import annotations
@@ -29,22 +33,19 @@ import pytest
 from evolkit import wizardmath_checker as wm
 from evolkit.answers import AnswerChecker
 from evolkit.backends.deterministic import DeterministicBackend
+from evolkit.contamination import contamination_report
+from evolkit.errors import EvolkitError
 from evolkit.eval import (
     EvalSettings,
-    contamination_report,
     load_benchmark,
     pass_at_k,
     prompt_style,
-    reference_completion,
     run_eval,
     score_completions,
 )
-from evolkit.errors import EvolkitError
-from evolkit.settings import data_dir
+from tests.eval_reference import ReferenceBackend, reference_completion
 
 REPO = Path(__file__).resolve().parents[1]
-HAVE_DATA = (data_dir() / "gsm8k" / "test.jsonl").exists() and (data_dir() / "math" / "test.jsonl").exists()
-needs_data = pytest.mark.skipif(not HAVE_DATA and not os.environ.get("CI"), reason="../shared/data is absent")
 
 #: Gold solutions that the WizardMath protocol cannot score as correct, and why (all others score 100%).
 KNOWN_WM_FAILURES = {
@@ -67,7 +68,6 @@ def checker():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@needs_data
 @pytest.mark.parametrize("bench,kind,count", [("gsm8k", "gsm8k", 1319), ("math", "math", 5000)])
 def test_gold_solutions_score_100(bench, kind, count, checker):
     items = load_benchmark(bench)
@@ -83,7 +83,6 @@ def test_gold_solutions_score_100(bench, kind, count, checker):
     assert set(wm_bad) == set(KNOWN_WM_FAILURES[bench]), wm_bad
 
 
-@needs_data
 def test_known_protocol_failures_are_what_we_say():
     g = {it.id: it for it in load_benchmark("gsm8k")}["gsm8k-test-00611"]
     assert g.reference.rstrip().endswith("#### 1,450,000") and g.gold == "1450000"
@@ -92,7 +91,6 @@ def test_known_protocol_failures_are_what_we_say():
     assert m.gold_wm.endswith("i.") and wm.math_extract(reference_completion(m, "math")) == m.gold_wm[:-1]
 
 
-@needs_data
 @pytest.mark.parametrize("bench,kind", [("gsm8k", "gsm8k"), ("math", "math")])
 def test_shuffled_gold_scores_near_zero(bench, kind, checker):
     items = load_benchmark(bench)
@@ -108,10 +106,10 @@ def test_shuffled_gold_scores_near_zero(bench, kind, checker):
     assert ev < 0.02 and wmr < 0.02, (ev, wmr)
 
 
-@needs_data
-def test_reference_backend_end_to_end_math500(tmp_path, checker):
-    summary = run_eval(EvalSettings(model="reference", bench="math500", backend="reference"), tmp_path / "ref",
-                       checker="both", show_progress=False, answer_checker=checker)
+def test_reference_solutions_end_to_end_math500(tmp_path, checker):
+    be = ReferenceBackend(load_benchmark("math500"), "math")
+    summary = run_eval(EvalSettings(model="reference", bench="math500", backend="openai"), tmp_path / "ref",
+                       checker="both", show_progress=False, answer_checker=checker, backend=be)
     assert summary["problems"] == 500
     for name in ("evolkit", "wizardmath"):
         assert summary["scores"][name]["pass@1"] == 1.0
@@ -174,9 +172,13 @@ def test_wizardmath_protocol_units():
     assert wm.strip_string("\\sqrt3") == "\\sqrt{3}"
     assert wm.strip_string(".5") == "\\frac{1}{2}"
     assert wm.strip_string("k = 7") == "7" and wm.strip_string("abc = 7") == "abc=7"
-    assert wm.strip_string("10\\%") == "10\\%"  # percent signs are kept
+    assert wm.strip_string("10\\%") == "10"  # util.py drops "\\%"
     assert wm.math_gold("so $\\boxed{\\frac{a}{b}}$ and \\fbox{2}") == "\\frac{a}{b}"
-    assert wm.math_gold("only \\fbox{2}") == "2"
+    assert wm.math_gold("only \\fbox{2}") is None  # remove_boxed only unboxes "\\boxed{...}"
+    # Where util.py's normalisation raises, the protocol compares the raw strings.
+    assert wm.is_equiv("x/2", "x/2") and not wm.is_equiv("x/2", "x / 2")
+    assert not wm.is_equiv("3\\sqrt", "3 \\sqrt") and not wm.is_equiv("5\\text{ m}\\text{ s}", "5")
+    assert wm.is_equiv("5\\text{ m}", "5") and wm.is_equiv("\\frac12", "1/2")
     assert wm.score_gsm8k("The answer is: 18", "Janet ... #### 18").correct
 
 
@@ -224,6 +226,66 @@ def test_prompt_file_and_errors(tmp_path):
         prompt_style("no-such-style")
 
 
+# The WizardMath repo's inference scripts (WizardMath/inference/gsm8k_inference.py and MATH_inference.py).
+PAPER_PROMPT = ("Below is an instruction that describes a task. Write a response that appropriately completes the "
+                "request.\n\n### Instruction:\n{instruction}\n\n### Response: Let's think step by step.")
+PAPER_STOP = ["Instruction:", "Instruction", "Response:", "Response"]
+
+
+@pytest.mark.parametrize("bench,kind,max_tokens", [("gsm8k", "gsm8k", 1024), ("math500", "math", 2048)])
+def test_checker_wizardmath_runs_the_papers_protocol_exactly(tmp_path, checker, bench, kind, max_tokens):
+    items = load_benchmark(bench)[:6]
+    be = ReferenceBackend(items, kind)
+    s = EvalSettings(model="m", bench=bench, backend="openai", limit=6)
+    summary = run_eval(s, tmp_path / "wm", checker="wizardmath", backend=be, show_progress=False,
+                       answer_checker=checker, plot=False)
+    assert len(be.requests) == 6
+    for r, it in zip(be.requests, items):
+        assert r.raw and r.messages[0]["content"] == PAPER_PROMPT.format(instruction=it.question)
+        assert list(r.sampling.stop) == PAPER_STOP
+        assert r.sampling.temperature == 0 and r.sampling.top_p == 1 and r.sampling.n == 1
+        assert r.sampling.max_tokens == max_tokens
+    p = summary["protocol"]
+    assert p["name"] == "wizardmath" and p["matches_paper"] and p["departures"] == []
+    assert p["stop"] == PAPER_STOP and p["checker"] == "wizardmath" and p["greedy"] and p["max_tokens"] == max_tokens
+    assert p["prompt_template"] == "wizardmath" and p["paper_source"]["repo"] == "nlpxucan/WizardLM"
+    assert json.loads((tmp_path / "wm" / "summary.json").read_text())["protocol"] == p
+    md = (tmp_path / "wm" / "results.md").read_text()
+    assert ("Protocol: **wizardmath** (the WizardMath paper's protocol): prompt template `wizardmath` (raw text), "
+            f"stop strings `Instruction:`, `Instruction`, `Response:`, `Response`, checker `wizardmath`, max "
+            f"{max_tokens} new tokens, greedy.") in md
+    assert "departs" not in md
+    assert summary["scores"]["wizardmath"]["pass@1"] == 1.0
+
+
+def test_default_protocol_names_where_it_departs_from_the_paper(tmp_path, checker):
+    items = load_benchmark("gsm8k")[:3]
+    be = ReferenceBackend(items, "gsm8k")
+    summary = run_eval(EvalSettings(model="m", bench="gsm8k", backend="openai", limit=3, max_tokens=64),
+                       tmp_path / "ev", backend=be, show_progress=False, answer_checker=checker, plot=False)
+    assert list(be.requests[0].sampling.stop) == ["### Instruction", "### Response",
+                                                   "\n\nBelow is an instruction that describes a task"]
+    p = summary["protocol"]
+    assert p["name"] == "custom" and not p["matches_paper"]
+    assert len(p["departures"]) == 3
+    assert p["departures"][0].startswith("stop strings ['### Instruction'") and "at most 64" in p["departures"][1]
+    md = (tmp_path / "ev" / "results.md").read_text()
+    assert "Where this departs from the paper's protocol:" in md and "- scored by evolkit's checker" in md
+    both = run_eval(EvalSettings(model="m", bench="gsm8k", backend="openai", limit=3), tmp_path / "both",
+                    checker="both", backend=ReferenceBackend(items, "gsm8k"), show_progress=False,
+                    answer_checker=checker, plot=False)
+    assert both["protocol"]["name"] == "wizardmath" and both["settings"]["stop"] == PAPER_STOP
+    default = EvalSettings(model="m", bench="gsm8k").resolved()
+    assert default.stop == ["### Instruction", "### Response", "\n\nBelow is an instruction that describes a task"]
+    from evolkit.eval import protocol_info
+
+    assert protocol_info(default, "evolkit")["name"] == "evolkit"
+    # Changing the checker of a finished run changes the stop strings: resuming it refuses, naming them.
+    with pytest.raises(EvolkitError, match="stop"):
+        run_eval(EvalSettings(model="m", bench="gsm8k", backend="openai", limit=3, max_tokens=64), tmp_path / "ev",
+                 resume=True, checker="wizardmath", backend=be, show_progress=False, answer_checker=checker)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Runs with the deterministic backend: files, n > 1, resume rules
 # ----------------------------------------------------------------------------------------------------------------
@@ -233,7 +295,6 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
 
 
-@needs_data
 def test_deterministic_run_with_samples(tmp_path, checker):
     s = EvalSettings(model="det", bench="math", backend="deterministic", sample=40, n=4)
     summary = run_eval(s, tmp_path / "e", checker="both", show_progress=False, answer_checker=checker,
@@ -259,7 +320,6 @@ def test_deterministic_run_with_samples(tmp_path, checker):
     assert (out / "eval" / "samples.parquet").exists()
 
 
-@needs_data
 def test_resume_rules(tmp_path, checker):
     s = EvalSettings(model="det", bench="gsm8k", backend="deterministic", limit=5)
     run_eval(s, tmp_path / "e", show_progress=False, answer_checker=checker, plot=False)
@@ -293,7 +353,6 @@ KILL_SCRIPT = textwrap.dedent(
 )
 
 
-@needs_data
 def test_resume_after_sigkill_redoes_nothing(tmp_path, checker):
     n = 40
     out = tmp_path / "killed"
@@ -406,7 +465,6 @@ def test_openai_backend_raw_uses_completions_endpoint():
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@needs_data
 def test_contamination_command(tmp_path, capsys):
     from evolkit.cli import main
 
@@ -447,7 +505,6 @@ def _check_real_run(out: Path, n: int = 20) -> None:
     assert (out / "results.md").exists() and (out / "results.png").exists()
 
 
-@needs_data
 @pytest.mark.slow
 def test_real_model_transformers_20_gsm8k(tmp_path):
     from evolkit.cli import main
@@ -463,13 +520,9 @@ def test_real_model_transformers_20_gsm8k(tmp_path):
     assert all(r["completion_tokens"] <= 32 for r in rows)
 
 
-@needs_data
 @pytest.mark.slow
 def test_real_model_openai_server_20_gsm8k(tmp_path, request):
-    try:
-        server = request.getfixturevalue("llama_server")
-    except pytest.FixtureLookupError:
-        pytest.skip("the llama.cpp server fixture (tests/plugins/llama.py) is not available yet")
+    server = request.getfixturevalue("llama_server")
     from evolkit.cli import main
 
     out = tmp_path / "srv"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -67,8 +68,10 @@ def test_layout_and_load_dataset_round_trip(published, fixture_run):
     assert {"README.md", "provenance.json"} <= files
     assert any(f.startswith("images/") and f.endswith(".png") for f in files)
     for config, counts in result.configs.items():
-        for split in counts:
-            assert f"data/{config}/{split}-00000-of-00001.parquet" in files
+        for split in counts:  # data/<config>/<split>-00000-of-00001-<16 hex digits of the file's SHA-256>.parquet
+            [name] = [f for f in files if f.startswith(f"data/{config}/{split}-00000-of-00001-")]
+            digest = name.rsplit("-", 1)[1].removesuffix(".parquet")
+            assert len(digest) == 16 and hashlib.sha256((out / name).read_bytes()).hexdigest().startswith(digest)
     assert not [f for f in files if not f.startswith(("data/", "images/")) and f not in ("README.md",
                                                                                          "provenance.json")]
 
@@ -284,7 +287,7 @@ def test_dry_run_writes_nothing(fixture_run, tmp_path):
     assert not (tmp_path / "ds").exists()
     text = res.hint
     assert text.startswith("dry run: nothing was written or pushed")
-    assert "README.md" in text and "data/sft/train-00000-of-00001.parquet" in text
+    assert "README.md" in text and "data/sft/train-00000-of-00001-" in text
 
 
 def test_separate_folders_per_config(fixture_run, tmp_path):
@@ -386,35 +389,36 @@ def test_rows_are_validated_against_the_schema_files(fixture_run, tmp_path, monk
     sft = json.loads((schemas / "sft.schema.json").read_text())
     sft["properties"]["instruction"]["maxLength"] = 5
     (schemas / "sft.schema.json").write_text(json.dumps(sft))
-    monkeypatch.setattr(publish, "SCHEMA_DIR", schemas)
+    monkeypatch.setattr(publish.validate, "SCHEMA_DIR", schemas)
     with pytest.raises(publish.PublishError, match=r"(?s)config sft, row 1 .*field 'instruction': .* is too long.*"
                                                    r"schemas/sft.schema.json differs from evolkit.records"):
         publish.publish_run(fixture_run, local=tmp_path / "out", **SPLIT)
     assert not (tmp_path / "out").exists()
 
 
-def test_fast_checker_never_accepts_what_jsonschema_rejects(fixture_run):
+def test_validation_accepts_exactly_what_the_json_schema_accepts(fixture_run):
+    """Pydantic (strict) validates first; it must never accept a row the JSON Schema rejects, and every row the schema
+    rejects must fail validate_rows (with the schema's message)."""
     import copy
     import random
 
     from jsonschema import Draft202012Validator
 
-    from evolkit.publish import fast_checker, load_schema
+    from evolkit.publish import PublishError, load_schema, validate_rows
     from evolkit.records import PUBLISHED
 
     rng = random.Random(0)
-    odd = [None, 0, 1.5, True, "x", [], ["a"], [None], {}, {"k": 1}, [{"id": 1}], "human", "upward"]
-    for config in PUBLISHED:
+    odd = [None, 0, 1.5, 2.0, True, "x", [], ["a"], [None], {}, {"k": 1}, {1: "a"}, [{"id": 1}], "human", "upward"]
+    for config, model in PUBLISHED.items():
         schema = load_schema(config)
-        fast, slow = fast_checker(schema), Draft202012Validator(schema)
-        assert fast is not None, f"{config}: the records' schema left the fast subset"
+        slow = Draft202012Validator(schema)
         if config == "rl_prompts":
             rows = [{"id": "a", "prompt": "p", "instruction": "i", "source": "gsm8k", "gold_answer": "3"}]
         else:
             _, rows = _source_rows(fixture_run, config)
         checked = 0
         for row in rows[:20]:
-            assert fast(row) and slow.is_valid(row)
+            assert slow.is_valid(row) and validate_rows(config, [row]) == [model.model_validate(row).row()]
             for _ in range(40):
                 bad = copy.deepcopy(row)
                 target = bad
@@ -429,7 +433,267 @@ def test_fast_checker_never_accepts_what_jsonschema_rejects(fixture_run):
                     target["unexpected"] = 1
                 else:
                     target[key] = rng.choice(odd)
-                if fast(bad):
+                try:
+                    model.model_validate(bad, strict=True)
+                    strict_ok = True
+                except Exception:
+                    strict_ok = False
+                if strict_ok:
                     assert slow.is_valid(bad), (config, bad)
+                try:
+                    validate_rows(config, [bad])
+                    accepted = True
+                except PublishError:
+                    accepted = False
+                if not slow.is_valid(bad):
+                    assert not accepted, (config, bad)
                 checked += 1
         assert checked
+
+
+def _set_output(run: Path, stage: str, name: str, rows: list[dict] | None) -> None:
+    """Write (or with None remove) one output of a finished stage, as the stage would list it in the manifest."""
+    from evolkit.store import write_parquet
+
+    manifest = json.loads((run / "manifest.json").read_text())
+    outputs = manifest["stages"][stage]["outputs"]
+    path = run / stage / f"{name}.parquet"
+    if rows is None:
+        outputs.pop(name, None)
+        path.unlink(missing_ok=True)
+    else:
+        write_parquet(path, rows)
+        outputs[name] = {"path": f"{stage}/{name}.parquet", "rows": len(rows)}
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _set_summary(run: Path, stage: str, **values) -> None:
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["stages"][stage].setdefault("summary", {}).update(values)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _published_ids(folder: Path, config: str) -> set[str]:
+    import datasets
+
+    ds = datasets.load_dataset(str(folder), config)
+    return {r["id"] for split in ds for r in ds[split]}
+
+
+def test_sft_holds_seed_solutions_and_evolved_ones_only_when_asked(run_copy, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from evolkit.cli import main
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore
+
+    store = RunStore(run_copy)
+    seed_ids = {r["id"] for r in store.load("sft", "sft")}
+    old_union = store.load("evolve", "sft")  # an older run folder: seed SFT rows + evolved rows in evolve/sft
+    evolved = [r for r in old_union if r["round"] > 0]
+    assert evolved and {r["id"] for r in old_union} - {r["id"] for r in evolved} <= seed_ids
+
+    res = publish_run(run_copy, local=tmp_path / "default", **SPLIT)  # the default: as in the recipe
+    assert _published_ids(tmp_path / "default", "sft") == seed_ids
+    assert res.configs["sft"] and sum(res.configs["sft"].values()) == len(seed_ids)
+    text = DatasetCard.load(tmp_path / "default" / "README.md").text
+    assert "not included (publish setting `sft_include_evolved: false`" in text
+    assert f"the run has {len(evolved)} such rows (`evolve/sft (rows with round > 0)`)" in text
+    prov = json.loads((tmp_path / "default" / "provenance.json").read_text())
+    assert prov["configs"]["sft"]["source"] == "sft/sft"
+    assert prov["configs"]["sft"]["selection"]["include_evolved"] is False
+
+    publish_run(run_copy, local=tmp_path / "old", sft_include_evolved=True, **SPLIT)
+    assert _published_ids(tmp_path / "old", "sft") == seed_ids | {r["id"] for r in evolved}
+    text = DatasetCard.load(tmp_path / "old" / "README.md").text
+    assert (f"included (publish setting `sft_include_evolved: true`): {len(evolved)} of the "
+            f"{len(seed_ids) + len(evolved)} `sft` rows") in text
+
+    # The evolve stage's new output: evolve/sft_evolved holds only the evolved rows and wins over evolve/sft.
+    _set_output(run_copy, "evolve", "sft", None)
+    _set_output(run_copy, "evolve", "sft_evolved", evolved[:5])
+    cfg = (run_copy / "config.yaml").read_text()
+    (run_copy / "config.yaml").write_text(cfg + "publish:\n  sft_include_evolved: true\n")
+    publish_run(run_copy, local=tmp_path / "new", **SPLIT)
+    assert _published_ids(tmp_path / "new", "sft") == seed_ids | {r["id"] for r in evolved[:5]}
+    (run_copy / "config.yaml").write_text(cfg)
+    assert main(["publish", str(run_copy), "--local", str(tmp_path / "cli"), "--min-split-rows", "10",
+                 "--configs", "sft"]) == 0
+    assert _published_ids(tmp_path / "cli", "sft") == seed_ids
+    assert main(["publish", str(run_copy), "--local", str(tmp_path / "cli2"), "--min-split-rows", "10",
+                 "--configs", "sft", "--sft-include-evolved"]) == 0
+    assert _published_ids(tmp_path / "cli2", "sft") == seed_ids | {r["id"] for r in evolved[:5]}
+
+
+def test_rl_prompts_are_every_seed_and_every_kept_evolved_problem(run_copy, tmp_path):
+    import datasets
+    from huggingface_hub import DatasetCard
+
+    from evolkit import prompts
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore, write_parquet
+
+    store = RunStore(run_copy)
+    seeds = store.load("seeds", "problems")
+    evolved = store.load("evolve", "problems")
+    evol = store.load("evolve", "evol")
+    flag = evol[0]["id"]
+    for r in evol:
+        r["flagged"] = r["id"] == flag
+    write_parquet(run_copy / "evolve" / "evol.parquet", evol)
+    publish_run(run_copy, local=tmp_path / "flagged", **SPLIT)
+    ds = datasets.load_dataset(str(tmp_path / "flagged"), "rl_prompts")
+    rows = {r["id"]: r for split in ds for r in ds[split]}
+    assert set(rows) == {p["id"] for p in seeds} | {p["id"] for p in evolved}
+    assert len(rows) == len(seeds) + len(evolved)
+    template = prompts.wizardmath_template("default")
+    for p in seeds + evolved:
+        r = rows[p["id"]]
+        assert r["instruction"] == p["question"] and r["prompt"] == template.replace("{instruction}", p["question"])
+        assert r["gold_answer"] == (None if p["id"] == flag else p["gold_answer"])
+    assert all(rows[p["id"]]["source"] == p["source"] for p in seeds)
+    text = DatasetCard.load(tmp_path / "flagged" / "README.md").text
+    assert (f"**`rl_prompts`:** {len(seeds)} seed problems and {len(evolved)} kept evolved problems; 1 evolved "
+            f"problems have no gold answer") in text
+
+
+def test_card_reports_steps_prm_models_and_a_single_evolver(run_copy, tmp_path):
+    from huggingface_hub import DatasetCard
+
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore, write_parquet
+
+    _set_summary(run_copy, "sft", steps_per_solution={
+        "gsm8k": {"n": 10, "mean": 2.8, "hist": {"1": 1, "2": 3, "10": 1, "3": 5}},
+        "math": {"n": 4, "mean": 1.0, "hist": {"1": 4}}})
+    _set_summary(run_copy, "evolve", steps_per_solution={"evol": {"n": 6, "mean": 3.0, "hist": {"3": 6}}})
+    _set_summary(run_copy, "prm", solution_source="policy", solution_model="out/sft-policy",
+                 labeller_models={"judge": "judge-model-x", "montecarlo": "out/sft-policy"})
+    _set_summary(run_copy, "irm", single_evolver=True, evolvers=["qwen-evolver"])
+    prm = RunStore(run_copy).load("prm", "prm")
+    for i, r in enumerate(prm):
+        r.update(source="policy", solution_model="out/sft-policy",
+                 labeller_model="judge-model-x" if i % 2 else "out/sft-policy")
+    write_parquet(run_copy / "prm" / "prm.parquet", prm)
+    publish_run(run_copy, local=tmp_path / "ds", **SPLIT)
+    text = DatasetCard.load(tmp_path / "ds" / "README.md").text
+    assert "## Steps per solution" in text
+    assert "**sft, gsm8k**: 10 solutions, mean 2.8 steps, 10.0% with one step." in text
+    assert "| steps | 1 | 2 | 3 | 10 |\n| --- | --- | --- | --- | --- |\n| solutions | 1 | 3 | 5 | 1 |" in text
+    assert "**sft, math**: 4 solutions, mean 1 steps, 100.0% with one step." in text
+    assert "**evolve, evol**: 6 solutions" in text and "| solutions | 6 |" in text
+    assert ("**PRM data.** The labelled solutions come from `policy`, written by out/sft-policy. Steps labelled by: "
+            "judge judge-model-x, montecarlo out/sft-policy.") in text
+    assert "these are the teacher's solutions" not in text
+    half = sum(1 for i in range(len(prm)) if i % 2)
+    assert f"| policy | out/sft-policy | judge | judge-model-x | {half} |" in text
+    assert ("**IRM rankings.** The rankings compare variants of **one evolver model** (qwen-evolver), unlike the "
+            "recipe's two") in text and "`allow_single_evolver: true`" in text
+    assert "| in data (prm.solution_model) |  | out/sft-policy |" in text
+
+
+def test_card_of_an_older_run_without_those_figures(published):
+    out, _ = published
+    text = (out / "README.md").read_text()
+    assert "## Steps per solution" not in text
+    # The fixture's two "evolvers" are two prompt styles of one model: the card says so.
+    assert ("The rankings compare variants of **one evolver model** (det-teacher, as evolve:det-teacher, "
+            "rewrite:det-teacher)") in text and "allow_single_evolver" not in text
+    assert "**PRM data.** The labelled solutions come from `evolve`, `sft`." in text
+    assert "these are the teacher's solutions" in text
+
+
+def test_no_absolute_local_path_in_card_or_provenance(published, fixture_run):
+    from evolkit.publish import public_path, public_paths
+    from evolkit.settings import data_dir
+
+    out, _ = published
+    base = str(fixture_run.parent)
+    for name in ("README.md", "provenance.json"):
+        text = (out / name).read_text()
+        assert base not in text and "/tmp/" not in text, name
+    text = (out / "README.md").read_text()
+    assert "  path: open_domain.jsonl" in text and "benchmark_test.jsonl" in text
+    assert public_path(str(data_dir() / "gsm8k" / "train.jsonl")) == "{data}/gsm8k/train.jsonl"
+    assert public_path(str(fixture_run / "evolve" / "growth.png"), fixture_run) == "evolve/growth.png"
+    local = str(fixture_run.parent / "x" / "y.jsonl")
+    assert public_paths({"a": [f"see {local}:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl",
+                               "POST /v1/chat/completions: HTTP 500"]}) \
+        == {"a": ["see y.jsonl:3 now", "http://h:8000/v1/x", "1/2", "{data}/m/t.jsonl",
+                  "POST /v1/chat/completions: HTTP 500"]}
+
+
+def test_no_key_in_any_published_file(run_copy, tmp_path, monkeypatch):
+    """A run whose rows, summaries and config hold fake keys (named by the config's api_key_env in two roles, and the
+    known variables): no published file holds one, not even inside Parquet pages, and no row is lost."""
+    import pyarrow.parquet as pq
+    import yaml
+
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore, write_parquet
+
+    keys = {"EVOLKIT_TEST_STUB_KEY": "sk-stub-0123456789abcdefXYZ", "EVOLKIT_TEST_JUDGE_KEY": "judge-key-98765zyxw",
+            "HF_TOKEN": "hf_faketoken0123456789", "ARGILLA_API_KEY": "argilla.apikey.00112233"}
+    for k, v in keys.items():
+        monkeypatch.setenv(k, v)
+    cfg = yaml.safe_load((run_copy / "config.yaml").read_text())
+    cfg["backend"]["api_key_env"] = "EVOLKIT_TEST_STUB_KEY"
+    cfg["judge_backend"] = {"kind": "openai", "model": "judge-x", "api_key_env": "EVOLKIT_TEST_JUDGE_KEY"}
+    cfg["name"] = "fixture"
+    (run_copy / "config.yaml").write_text(yaml.safe_dump(cfg) + f"# {keys['HF_TOKEN']}\n")
+    store = RunStore(run_copy)
+    leak = " ".join(keys.values())
+    for stage, name, fields in (("sft", "sft", ("completion", "output")), ("evolve", "evol", ("question",)),
+                                ("evolve", "problems", ("question",)), ("seeds", "problems", ("question",)),
+                                ("prm", "prm", ("prompt",))):
+        rows = store.load(stage, name)
+        for r in rows[:3]:
+            for f in fields:
+                r[f] = f"{r[f]} (echoed: {leak})"
+        write_parquet(run_copy / stage / f"{name}.parquet", rows)
+    _set_summary(run_copy, "sft", last_error=f"HTTP 401: invalid key {leak}")
+    res = publish_run(run_copy, local=tmp_path / "out", **SPLIT)
+
+    files = [f for f in (tmp_path / "out").rglob("*") if f.is_file()]
+    decoded = 0
+    for f in files:
+        data = f.read_bytes()
+        texts = [data]
+        if f.suffix == ".parquet":
+            texts.append(json.dumps(pq.read_table(f).to_pylist(), ensure_ascii=False).encode())
+            decoded += 1
+        for t in texts:
+            for v in keys.values():
+                assert v.encode() not in t, (f, v)
+    assert decoded == sum(len(c) for c in res.configs.values())
+    sft = [r for f in (tmp_path / "out" / "data" / "sft").glob("*.parquet") for r in pq.read_table(f).to_pylist()]
+    assert len(sft) == sum(res.configs["sft"].values()) and any("(echoed: ***" in r["completion"] for r in sft)
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "HTTP 401: invalid key *** ***" in card
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["config"]["backend"]["api_key_env"] == "EVOLKIT_TEST_STUB_KEY"  # the variable's name is no secret
+
+
+def test_republished_labels_are_what_load_dataset_reads(run_copy, tmp_path):
+    """Re-publishing changed rows of the same size (a reviewer flips one PRM label) into the same folder: load_dataset
+    must read the new rows, not its cache of the old ones (the data files' names carry their content hash)."""
+    import datasets
+
+    from evolkit.publish import publish_run
+    from evolkit.store import RunStore, write_parquet
+
+    out = tmp_path / "ds"
+    publish_run(run_copy, local=out, configs=["prm"], **SPLIT)
+    def labels() -> dict[str, list[bool]]:
+        ds = datasets.load_dataset(str(out), "prm")
+        return {r["id"]: r["labels"] for split in ds for r in ds[split]}
+
+    first = labels()
+    rows = RunStore(run_copy).load("prm", "prm")
+    rows[0]["labels"] = [not x for x in rows[0]["labels"]]
+    write_parquet(run_copy / "prm" / "prm.parquet", rows)
+    publish_run(run_copy, local=out, configs=["prm"], **SPLIT)
+    again = labels()
+    assert again[rows[0]["id"]] == rows[0]["labels"] != first[rows[0]["id"]]
+    assert {k: v for k, v in again.items() if k != rows[0]["id"]} == {k: v for k, v in first.items()
+                                                                       if k != rows[0]["id"]}

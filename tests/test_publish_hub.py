@@ -192,8 +192,8 @@ def test_dry_run_shows_the_commit_and_pushes_nothing(hub_server, fixture_run):
     res = publish_run(fixture_run, repo=repo, token=hub_server.token, dry_run=True, configs=["sft"], **SPLIT)
     text = res.hint
     assert f"{repo} (exists)" in text
-    assert "unchanged data/sft/train-00000-of-00001.parquet" in text.replace("  ", " ").replace("  ", " ")
-    assert "changed   README.md" in text and "delete    data/evol/train-00000-of-00001.parquet" in text
+    assert "unchanged data/sft/train-00000-of-00001-" in text.replace("  ", " ").replace("  ", " ")
+    assert "changed   README.md" in text and "delete    data/evol/train-00000-of-00001-" in text
     assert hub_server.head(repo) == head
 
     res = publish_run(fixture_run, repo=hub_server.new_repo_id(), token="not-a-token", dry_run=True, **SPLIT)
