@@ -127,10 +127,14 @@ def keep_lines(n: int) -> Callable[[Path], None]:
     return f
 
 
+#: The test server's base URL (set by the ``server`` fixture), for set-ups that run a command before the case.
+URL_OF_SERVER: dict[str, str] = {}
+
+
 def finished_eval(t: Path) -> None:
-    """An evaluation already in ``<T>/ev`` (the reference backend: the gold solutions, no model)."""
-    argv = ["eval", "--backend", "reference", "--data", str(t / "bench.jsonl"), "-o", str(t / "ev"), "--no-progress",
-            "--no-plot"]
+    """An evaluation already in ``<T>/ev`` (answered by the test server)."""
+    argv = ["eval", "--backend", "openai", "--base-url", URL_OF_SERVER["url"], "--model", "fault-model", "--data",
+            str(t / "bench.jsonl"), "-o", str(t / "ev"), "--no-progress", "--no-plot"]
     assert main(argv) == 0
 
 
@@ -476,46 +480,46 @@ CASES: list[Case] = [
     Case("publish_no_token", "publish <RUN> --repo me/data", ("HF_TOKEN",), run=True,
          env={"HF_TOKEN": "", "HF_HOME": "<T>/hf", "HF_HUB_OFFLINE": "1"}),
     # --- eval, contamination -----------------------------------------------------------------------------------------
-    Case("eval_unknown_bench", "eval --bench aime --backend reference", ("--bench", "aime")),
-    Case("eval_unknown_checker", "eval --checker exact --backend reference", ("--checker", "exact")),
+    Case("eval_unknown_bench", "eval --bench aime --backend openai --base-url <URL> --model fault-model", ("--bench", "aime")),
+    Case("eval_unknown_checker", "eval --checker exact --backend openai --base-url <URL> --model fault-model", ("--checker", "exact")),
     Case("eval_unknown_backend", "eval --backend telepathy", ("--backend", "telepathy")),
-    Case("eval_limit_not_a_number", "eval --backend reference --limit ten", ("--limit", "ten")),
-    Case("eval_data_missing", "eval --backend reference --data <T>/bench.jsonl -o <T>/ev --no-progress",
+    Case("eval_limit_not_a_number", "eval --backend openai --base-url <URL> --limit ten", ("--limit", "ten")),
+    Case("eval_data_missing", "eval --backend openai --base-url <URL> --model fault-model --data <T>/bench.jsonl -o <T>/ev --no-progress",
          ("<T>/bench.jsonl",)),
-    Case("eval_data_bad_json", "eval --backend reference --data <T>/bench.jsonl -o <T>/ev --no-progress",
+    Case("eval_data_bad_json", "eval --backend openai --base-url <URL> --model fault-model --data <T>/bench.jsonl -o <T>/ev --no-progress",
          ("<T>/bench.jsonl:2:", "invalid JSON"), {"bench.jsonl": GOOD + b"{oops\n"}),
-    Case("eval_prompt_missing", "eval --backend reference --prompt <T>/p.txt --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_prompt_missing", "eval --backend openai --base-url <URL> --model fault-model --prompt <T>/p.txt --data <T>/bench.jsonl -o <T>/ev",
          ("<T>/p.txt",), {"bench.jsonl": GOOD}),
-    Case("eval_limit_zero", "eval --backend reference --limit 0 --data <T>/bench.jsonl -o <T>/ev --no-progress",
+    Case("eval_limit_zero", "eval --backend openai --base-url <URL> --model fault-model --limit 0 --data <T>/bench.jsonl -o <T>/ev --no-progress",
          ("--limit",), {"bench.jsonl": GOOD}),
-    Case("eval_n_zero", "eval --backend reference --n 0 --data <T>/bench.jsonl -o <T>/ev --no-progress", ("--n",),
+    Case("eval_n_zero", "eval --backend openai --base-url <URL> --model fault-model --n 0 --data <T>/bench.jsonl -o <T>/ev --no-progress", ("--n",),
          {"bench.jsonl": GOOD}),
-    Case("eval_resume_and_force", "eval --backend reference --resume --force --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_resume_and_force", "eval --backend openai --base-url <URL> --model fault-model --resume --force --data <T>/bench.jsonl -o <T>/ev",
          ("--resume", "--force"), {"bench.jsonl": GOOD}),
-    Case("eval_out_is_a_file", "eval --backend reference --data <T>/bench.jsonl -o <T>/afile --no-progress",
+    Case("eval_out_is_a_file", "eval --backend openai --base-url <URL> --model fault-model --data <T>/bench.jsonl -o <T>/afile --no-progress",
          ("<T>/afile",), {"bench.jsonl": GOOD, "afile": "keep me"}),
     Case("eval_missing_model", "eval --backend transformers --model <T>/no-model --data <T>/bench.jsonl -o <T>/ev "
          "--no-progress", ("<T>/no-model",), {"bench.jsonl": GOOD},
          env={"HF_HUB_OFFLINE": "1", "HF_HOME": "<T>/hf"}),
-    Case("eval_engine_arg_bad_yaml", "eval --backend reference --engine-arg 'k=[1,' --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_engine_arg_bad_yaml", "eval --backend openai --base-url <URL> --model fault-model --engine-arg 'k=[1,' --data <T>/bench.jsonl -o <T>/ev",
          ("--engine-arg k", "invalid YAML"), {"bench.jsonl": GOOD}),
-    Case("eval_temperature_negative", "eval --backend reference --temperature -1 --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_temperature_negative", "eval --backend openai --base-url <URL> --model fault-model --temperature -1 --data <T>/bench.jsonl -o <T>/ev",
          ("--temperature",), {"bench.jsonl": GOOD}),
-    Case("eval_sample_zero", "eval --backend reference --sample 0 --data <T>/bench.jsonl -o <T>/ev", ("--sample",),
+    Case("eval_sample_zero", "eval --backend openai --base-url <URL> --model fault-model --sample 0 --data <T>/bench.jsonl -o <T>/ev", ("--sample",),
          {"bench.jsonl": GOOD}),
-    Case("eval_top_p_zero", "eval --backend reference --top-p 0 --data <T>/bench.jsonl -o <T>/ev", ("--top-p",),
+    Case("eval_top_p_zero", "eval --backend openai --base-url <URL> --model fault-model --top-p 0 --data <T>/bench.jsonl -o <T>/ev", ("--top-p",),
          {"bench.jsonl": GOOD}),
-    Case("eval_max_tokens_zero", "eval --backend reference --max-tokens 0 --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_max_tokens_zero", "eval --backend openai --base-url <URL> --model fault-model --max-tokens 0 --data <T>/bench.jsonl -o <T>/ev",
          ("--max-tokens",), {"bench.jsonl": GOOD}),
-    Case("eval_force_bad_data", "eval --backend reference --force --data <T>/bad.jsonl -o <T>/ev --no-progress",
+    Case("eval_force_bad_data", "eval --backend openai --base-url <URL> --model fault-model --force --data <T>/bad.jsonl -o <T>/ev --no-progress",
          ("<T>/bad.jsonl:1:", "invalid JSON"), {"bench.jsonl": GOOD, "bad.jsonl": "{x\n"}, setup=finished_eval),
     Case("eval_resume_corrupt_record",
-         "eval --backend reference --resume --data <T>/bench.jsonl -o <T>/ev --no-progress",
+         "eval --backend openai --base-url <URL> --model fault-model --resume --data <T>/bench.jsonl -o <T>/ev --no-progress",
          ("<T>/ev/eval.json", "not a valid"), {"bench.jsonl": GOOD},
          setup=both(finished_eval, lambda t: (t / "ev" / "eval.json").write_text("{"))),
-    Case("eval_resume_other_settings", "eval --backend reference --resume --n 2 --data <T>/bench.jsonl -o <T>/ev "
+    Case("eval_resume_other_settings", "eval --backend openai --base-url <URL> --model fault-model --resume --n 2 --data <T>/bench.jsonl -o <T>/ev "
          "--no-progress", ("<T>/ev", "different settings", "n: 1 -> 2"), {"bench.jsonl": GOOD}, setup=finished_eval),
-    Case("eval_engine_arg_no_equals", "eval --backend reference --engine-arg nope --data <T>/bench.jsonl -o <T>/ev",
+    Case("eval_engine_arg_no_equals", "eval --backend openai --base-url <URL> --model fault-model --engine-arg nope --data <T>/bench.jsonl -o <T>/ev",
          ("--engine-arg", "nope"), {"bench.jsonl": GOOD}),
     Case("contamination_dataset_missing", "contamination <T>/ds.jsonl", ("<T>/ds.jsonl",),
          env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_HOME": "<T>/hf"}),
@@ -583,6 +587,7 @@ def _gold_reply() -> Callable[[list[dict[str, Any]], int, Any], str]:
 @pytest.fixture(scope="module")
 def server():
     with FaultServer(reply=_gold_reply()) as srv:
+        URL_OF_SERVER["url"] = srv.base_url
         yield srv
 
 

@@ -454,6 +454,12 @@ def publish_run(run_dir: str | os.PathLike[str], local: str | os.PathLike[str] |
         check_output_folder(local_dir, "--local folder")
 
     store = RunStore(run_dir)
+    unfinished = [name for name in (store.load_config().get("stages") or {})
+                  if store.stage_info(name).get("status") != "done"]
+    if unfinished and not opts.configs:
+        raise PublishError(
+            f"{run_dir}: the run is not finished: stage(s) {', '.join(unfinished)} of its config have not completed "
+            f"(finish them with `evolkit run -o {run_dir} --resume`, or publish what is done with --configs NAME)")
     scrubber = Scrubber(publish_secrets(store, token))
     datasets = collect(store, opts, scrubber)
     cfg = store.load_config()

@@ -72,7 +72,7 @@ from ..backends import Request
 from ..errors import ConfigError
 from ..judging import yes_no, yes_no_schema
 from ..records import EvolExample, Problem
-from ..seeds import expand_path
+from ..datafiles import expand_path
 from ..types import StageContext, Step, StepEnv
 import evolkit.stages.sft as sft_stage
 

@@ -492,7 +492,7 @@ def load_labelled_steps(path: str | Path) -> list[dict[str, Any]]:
     """Human-labelled steps in PRM800K's stepwise-critique format (``.jsonl`` or ``.parquet``): one row per candidate
     step with ``instruction``, ``responses`` (accepted prefix), ``next_response``, ``rating`` (+1/0/-1/null),
     ``is_human_response``. Human-written steps without a rating count as +1; other unrated rows are skipped."""
-    from ..seeds import read_rows
+    from ..datafiles import read_rows
 
     path = Path(path)
     rows = []

@@ -27,7 +27,7 @@ from ..answers import extract_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError, DataError
 from ..records import Problem, SFTExample, Solution, Usage
-from ..seeds import expand_path, missing_data_hint, read_rows
+from ..datafiles import expand_path, missing_data_hint, read_rows
 from ..store import GroupReader
 from ..types import StageContext, StepEnv, Step
 
