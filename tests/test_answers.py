@@ -516,6 +516,19 @@ def test_majority_answer_edge_cases(checker):
         ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nShe earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
          ["Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.", "She earned 0.2 x 50 = $<<0.2*50=10>>10.", "#### 10"]),
         ("He pays $5.\nThen $x^2$ grows.\nEnd", ["He pays $5.", "Then $x^2$ grows.", "End"]),
+        # one paragraph on one line: sentences (never inside a formula, not after an abbreviation or in a decimal)
+        ("We have $x = 3$. Then $y = 4$.", ["We have $x = 3$.", "Then $y = 4$."]),
+        ("We get $x = 5.$ Thus $y = 2$.", ["We get $x = 5.$", "Thus $y = 2$."]),
+        ("It costs 2.5 dollars, e.g. for Mr. Smith. Then we add!", ["It costs 2.5 dollars, e.g. for Mr. Smith.",
+                                                                   "Then we add!"]),
+        ("He pays $5. Then he gets $3 back.", ["He pays $5.", "Then he gets $3 back."]),
+        ("We have \\[x = 1.\\]Then $y = 2$.", ["We have \\[x = 1.\\]", "Then $y = 2$."]),
+        ("The set $\\{a. B\\}$ is odd. Yes.", ["The set $\\{a. B\\}$ is odd.", "Yes."]),
+        # one sentence: clauses before a conclusion, or after a semicolon
+        ("We have $|x| = 3$, so $x = \\pm 3$.", ["We have $|x| = 3$,", "so $x = \\pm 3$."]),
+        ("Since $a = 2$, we have $a^2 = 4$.", ["Since $a = 2$,", "we have $a^2 = 4$."]),
+        ("It is 5; it is odd.", ["It is 5;", "it is odd."]),
+        ("The sum $1 + 2, so 3$ is small.", ["The sum $1 + 2, so 3$ is small."]),
     ],
 )
 def test_split_steps(text, steps):
