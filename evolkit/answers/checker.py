@@ -38,7 +38,7 @@ import signal
 import threading
 import time
 import weakref
-from collections import Counter, OrderedDict
+from collections import Counter, OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -147,6 +147,44 @@ class CheckResult:
     via: str = "fast"
 
 
+def _rationals_equal(ra: tuple[Fraction, bool], rb: tuple[Fraction, bool]) -> bool:
+    (fa, deca), (fb, decb) = ra, rb
+    if deca or decb:  # math-verify: a float on either side -> compare rounded to 6 decimals
+        return round(fa, 6) == round(fb, 6)
+    return fa == fb
+
+
+_PERCENT_RE = re.compile(r"(.+?)\\?%")
+_CHOICE_RE = re.compile(r"\(?([A-Z])\)?")
+
+
+def _percent_verdict(na: str, nb: str) -> CheckResult | None:
+    """A percentage against a number (``50\\%`` = ``50`` = ``0.5`` = ``\\frac12``) or a percentage; None when this
+    is not such a pair of plain numbers / simple fractions."""
+    pa, pb = _PERCENT_RE.fullmatch(na), _PERCENT_RE.fullmatch(nb)
+    if not pa and not pb:
+        return None
+    ra = _simple_rational(pa.group(1) if pa else na)
+    rb = _simple_rational(pb.group(1) if pb else nb)
+    if ra is None or rb is None:
+        return None
+    if pa and pb:
+        eq = _rationals_equal(ra, rb)
+    else:
+        pct, other = (ra, rb) if pa else (rb, ra)
+        eq = _rationals_equal(pct, other) or _rationals_equal((pct[0] / 100, pct[1]), other)
+    return CheckResult(eq, "match" if eq else "mismatch", "percent")
+
+
+def _choices(s: str) -> frozenset[str] | None:
+    """The letters of a multiple-choice answer (``C``, ``(C)``, ``A,C``, ``\\text{(A)},\\text{(C)}``), else None."""
+    items = re.sub(r"\\text\{([^{}]*)\}", r"\1", s).split(",")
+    letters = [_CHOICE_RE.fullmatch(x) for x in items]
+    if not all(letters):
+        return None
+    return frozenset(m.group(1) for m in letters)  # type: ignore[union-attr]
+
+
 def _fast_verdict(a: str | None, b: str | None, fast_path: bool = True) -> CheckResult | None:
     if a is None or b is None:
         return CheckResult(False, "no_answer", "missing answer" if a is None else "missing gold")
@@ -163,12 +201,15 @@ def _fast_verdict(a: str | None, b: str | None, fast_path: bool = True) -> Check
         return CheckResult(eq, "match" if eq else "mismatch", "numbers")
     ra, rb = _simple_rational(na), _simple_rational(nb)
     if ra is not None and rb is not None:
-        (fa, deca), (fb, decb) = ra, rb
-        if deca or decb:  # math-verify: a float on either side -> compare rounded to 6 decimals
-            eq = round(fa, 6) == round(fb, 6)
-        else:
-            eq = fa == fb
+        eq = _rationals_equal(ra, rb)
         return CheckResult(eq, "match" if eq else "mismatch", "rationals")
+    if "%" in na or "%" in nb:
+        got = _percent_verdict(na, nb)
+        if got is not None:
+            return got
+    ca, cb = _choices(na), _choices(nb)
+    if ca is not None and cb is not None:  # choice letters, in any order
+        return CheckResult(ca == cb, "match" if ca == cb else "mismatch", "choices")
     return None
 
 
@@ -483,29 +524,8 @@ class AnswerChecker:
                     self.stats["cache"] += 1
                     continue
                 todo.setdefault(key, []).append(i)
-            futures = self._submit(list(todo)) if todo else {}
-        if futures:
-            try:
-                self._wait(set(futures.values()))
-            except BaseException:
-                # interrupted (KeyboardInterrupt, ...): the items this call started are dropped (pebble stops a
-                # worker whose item is cancelled)
-                for fut in futures.values():
-                    fut.cancel()
-                raise
-            with self._lock:
-                for key, fut in futures.items():
-                    res, infra = self._verdict(fut)
-                    if self._inflight.get(key) is fut:
-                        del self._inflight[key]
-                        if not infra:  # a failure of the pool itself: tried again next time
-                            self._cache[key] = res
-                    for i in todo[key]:
-                        results[i] = res
-                    self.stats["verify"] += 1
-                    self.stats[res.reason] += 1
-                while len(self._cache) > self.cache_size:
-                    self._cache.popitem(last=False)
+        if todo:
+            self._verify_all(todo, results)
         return results  # type: ignore[return-value]
 
     async def acheck_many(self, pairs: Sequence[tuple[str | None, str | None]]) -> list[CheckResult]:
@@ -569,24 +589,58 @@ class AnswerChecker:
     def _count_finished(self, _fut: cf.Future) -> None:
         self._finished += 1
 
-    def _wait(self, pending: set[cf.Future]) -> None:
-        """Wait for ``pending``; when the pool finishes nothing at all for ``startup_timeout + wall_timeout`` (workers
-        that cannot start), the pool is restarted and the waiting items fail."""
+    def _verify_all(self, todo: dict[tuple[str, str], list[int]], results: list[CheckResult | None]) -> None:
+        """Verdicts of ``todo`` (item -> positions in ``results``) from the pool, collected as they arrive.
+
+        Items go to the pool a window at a time (pebble looks at every queued task ten times a second: thousands of
+        queued tasks would cost the parent milliseconds per look). When the pool finishes nothing at all for
+        ``startup_timeout + wall_timeout`` (workers that cannot start), the pool is restarted and the waiting items fail
+        (not cached)."""
+        queue = deque(todo)
+        active: dict[cf.Future, tuple[str, str]] = {}
+        window = 4 * self.workers
         quiet = self.startup_timeout + self.wall_timeout
         seen, since = self._finished, time.monotonic()
-        while pending:
-            _, pending = cf.wait(pending, timeout=1.0, return_when=cf.FIRST_COMPLETED)
-            if not pending or self._closed:
-                break
-            if self._finished != seen:
-                seen, since = self._finished, time.monotonic()
-            elif time.monotonic() - since > quiet:
+        try:
+            while queue or active:
+                if queue and len(active) < window and not self._closed:
+                    with self._lock:
+                        batch = [queue.popleft() for _ in range(min(len(queue), window - len(active)))]
+                        active.update((fut, key) for key, fut in self._submit(batch).items())
+                done, _ = cf.wait(active, timeout=1.0, return_when=cf.FIRST_COMPLETED)
+                if not done and (self._closed or (self._finished == seen and time.monotonic() - since > quiet)):
+                    if not self._closed:
+                        with self._lock:
+                            self._stop_pool()
+                    done = set(active)  # given up: collected as cancelled, the rest below
+                    queue.clear()
+                if self._finished != seen:
+                    seen, since = self._finished, time.monotonic()
                 with self._lock:
-                    self._stop_pool()
-                for fut in pending:
-                    if not fut.done():
-                        fut.cancel()
-                break
+                    for fut in done:
+                        key = active.pop(fut)
+                        res, infra = self._verdict(fut)
+                        if self._inflight.get(key) is fut:
+                            del self._inflight[key]
+                            if not infra:  # a failure of the pool itself is tried again next time
+                                self._cache[key] = res
+                        for i in todo[key]:
+                            results[i] = res
+                        self.stats["verify"] += 1
+                        self.stats[res.reason] += 1
+                    while len(self._cache) > self.cache_size:
+                        self._cache.popitem(last=False)
+        except BaseException:
+            # interrupted (KeyboardInterrupt, ...): the items this call started are dropped (pebble stops a worker
+            # whose item is cancelled)
+            for fut in active:
+                fut.cancel()
+            raise
+        given_up = CheckResult(False, "error", "worker pool: the check was given up (no progress, or closed)", "verify")
+        for key in todo:
+            for i in todo[key]:
+                if results[i] is None:
+                    results[i] = given_up
 
     def _verdict(self, fut: cf.Future) -> tuple[CheckResult, bool]:
         """The result of one item and whether it is a failure of the pool itself (not cached)."""
@@ -605,7 +659,7 @@ class AnswerChecker:
             self.stats["crashes"] += 1
             return CheckResult(False, "error", f"worker died (exit code {e.exitcode})", "verify"), True
         except cf.CancelledError:
-            return CheckResult(False, "error", "worker pool: the check was given up (no progress or closed)",
+            return CheckResult(False, "error", "worker pool: the check was given up (no progress, or closed)",
                                "verify"), True
         except Exception as e:  # noqa: BLE001 - the pool broke (BrokenProcessPool, ...)
             return CheckResult(False, "error", f"worker pool failed: {type(e).__name__}: {e}", "verify"), True

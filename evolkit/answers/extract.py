@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["extract_answer", "find_boxed", "gsm8k_gold", "math_gold", "normalize_answer"]
+__all__ = ["cardinal_value", "extract_answer", "find_boxed", "gsm8k_gold", "math_gold", "normalize_answer"]
 
 _BOX_RE = re.compile(r"\\(?:boxed|fbox)\b")
 _ANSWER_IS_RE = re.compile(r"the\s+answer\s+is\b[ \t]*:?", re.IGNORECASE)
@@ -209,7 +209,8 @@ def normalize_answer(ans: str | None) -> str:
 
     Strips ``$``, ``\\!`` and spacing macros, ``\\left``/``\\right``, ``\\displaystyle``, a surrounding ``\\boxed{}``, a
     trailing text unit (``5\\text{ cm}`` -> ``5``), degree marks; ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12`` ->
-    ``\\frac{1}{2}``; thousands commas and trailing zeros in plain numbers (``1,000.0`` -> ``1000``); all whitespace."""
+    ``\\frac{1}{2}``; thousands commas and trailing zeros in plain numbers (``1,000.0`` -> ``1000``); a number written
+    in words becomes its digits (``\\text{five}`` -> ``5``, see :func:`cardinal_value`); all whitespace."""
     if ans is None:
         return ""
     s = str(ans).strip()
@@ -239,6 +240,9 @@ def normalize_answer(ans: str | None) -> str:
     m = _WHOLE_TEXT_RE.fullmatch(s)
     if m:
         s = m.group(1).strip()
+    words = cardinal_value(s)
+    if words is not None:  # "five", "Twenty-one", "one hundred and two"
+        return str(words)
     s = s.replace("{,}", ",")
     s = re.sub(r"\s+", "", s)
     if s.endswith(".") and not _PLAIN_NUM_RE.fullmatch(s):
@@ -248,6 +252,48 @@ def normalize_answer(ans: str | None) -> str:
     if _PLAIN_NUM_RE.fullmatch(s):
         s = _canon_number(s)
     return s
+
+
+_UNITS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen seventeen "
+    "eighteen nineteen".split())}
+_TENS = {w: 10 * i for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split(), 2)}
+_SCALES = {"thousand": 10**3, "million": 10**6, "billion": 10**9}
+_WORDS_RE = re.compile(r"[A-Za-z]+(?:[\s-]+[A-Za-z]+)*")
+
+
+def cardinal_value(text: str) -> int | None:
+    """The value of an English cardinal number written in words ("five", "Twenty-one", "one hundred and two",
+    "three thousand four hundred"), or None when ``text`` is anything else (a negative is written with a minus sign)."""
+    if len(text) > 200 or not _WORDS_RE.fullmatch(text):
+        return None
+    words = [w for w in re.split(r"[\s-]+", text.lower()) if w != "and"]
+    if not words or words == ["and"]:
+        return None
+    total = group = 0
+    seen = False
+    for w in words:
+        if w in _UNITS:
+            if group % 10 or (group % 100 and _UNITS[w] >= 10):
+                return None  # "five six", "twenty twelve"
+            group += _UNITS[w]
+        elif w in _TENS:
+            if group % 100:
+                return None
+            group += _TENS[w]
+        elif w == "hundred":
+            if not group or group >= 100:
+                return None
+            group *= 100
+        elif w in _SCALES:
+            if not group:
+                return None
+            total += group * _SCALES[w]
+            group = 0
+        else:
+            return None
+        seen = True
+    return total + group if seen else None
 
 
 def _canon_number(s: str) -> str:
