@@ -382,6 +382,13 @@ def test_pathological_inputs_time_out_and_pool_survives():
         res = ch.check_many(batch)
         assert [r.reason for r in res] == ["match", "timeout", "match"]
         assert ch.stats["kills"] >= 4
+        # ... nor inside a chunk of several items sent to one worker: the chunk is checked again item by item
+        kills = ch.stats["kills"]
+        batch = [(f"\\sqrt{{{4 * k * k}}}", f"{2 * k}") for k in range(2, 22)]
+        batch[9] = ("10^{10^{10^{9}}}!", "3")
+        res = ch.check_many(batch)
+        assert [r.reason for r in res] == ["match"] * 9 + ["timeout"] + ["match"] * 10, res
+        assert ch.stats["kills"] >= kills + 2
         # the timeout verdict is cached: no second kill
         kills = ch.stats["kills"]
         assert ch.check(*PATHOLOGICAL[0]).reason == "timeout"

@@ -341,6 +341,11 @@ def _set_cpu_limit(seconds: float | None) -> None:
         signal.setitimer(signal.ITIMER_PROF, max(seconds, 1e-3) if seconds is not None else 0.0)
 
 
+def _verify_chunk(items: list[tuple[str, str]], cpu_budget: float) -> list[tuple[bool, str, str, float]]:
+    """A pool task: the items in order, each with its own CPU budget."""  # pragma: no cover - worker
+    return [_verify_task(a, b, cpu_budget) for a, b in items]
+
+
 def _verify_task(a: str, b: str, cpu_budget: float) -> tuple[bool, str, str, float]:  # pragma: no cover - worker
     """One item in a worker: ``(equal, reason, detail, CPU seconds since the previous item ended)``."""
     fatal = _WORKER_STATE.get("fatal")
@@ -415,17 +420,18 @@ class AnswerChecker:
     """Decides answer equivalence with math-verify in killable worker processes (a ``pebble`` process pool).
 
     ``workers``: pool size (default: CPU count, at most 4). ``timeout``: seconds of CPU per item before its worker is
-    killed (a CPU-time timer in the worker; where the platform has none, wall-clock seconds). ``wall_timeout`` (default ``max(3*timeout, timeout+5)``): the hard wall-clock limit per
-    item, whatever the CPU use, so an item is never cut short just because the machine is busy, and never runs longer
-    than ``wall_timeout``. ``start_method``: ``forkserver`` (default) or ``spawn``; never ``fork`` (the parent may
-    hold threads or torch). ``memory_limit_mb``: address-space limit of each worker (a runaway expression fails with
-    MemoryError, reason ``error``). ``cache_size``: LRU entries of (answer, gold) -> result. ``startup_timeout``:
-    seconds the pool may go without finishing any item before the waiting items are given up as errors and the pool is
-    restarted (worker start-up, importing math-verify, must fit in it). ``fast_path=False`` sends every answered pair
-    to math-verify (for benchmarks and for auditing the fast path; missing answers are still decided locally).
+    killed (a CPU-time timer in the worker; where the platform has none, wall-clock seconds). ``wall_timeout``
+    (default ``max(3*timeout, timeout+5)``): the hard wall-clock limit per item, whatever the CPU use, so an item is
+    never cut short just because the machine is busy, and never runs longer than ``wall_timeout``. ``start_method``:
+    ``forkserver`` (default) or ``spawn``; never ``fork`` (the parent may hold threads or torch). ``memory_limit_mb``:
+    address-space limit of each worker (a runaway expression fails with MemoryError, reason ``error``).
+    ``cache_size``: LRU entries of (answer, gold) -> result. ``max_batch``: most items per pool task (consecutive
+    items in one worker share its parse cache). ``startup_timeout``: seconds the pool may go without finishing any
+    item before the waiting items are given up as errors and the pool is restarted (worker start-up, importing
+    math-verify, must fit in it). ``fast_path=False`` sends every answered pair to math-verify (for benchmarks and for
+    auditing the fast path; missing answers are still decided locally).
 
-    Thread-safe: concurrent calls share the pool (and an item two calls need at once is checked once). Use as a
-    context manager or call :meth:`close`."""
+    Thread-safe: concurrent calls share the pool. Use as a context manager or call :meth:`close`."""
 
     def __init__(
         self,
@@ -435,6 +441,7 @@ class AnswerChecker:
         start_method: str = "forkserver",
         memory_limit_mb: int | None = 4096,
         cache_size: int = 100_000,
+        max_batch: int = 32,
         startup_timeout: float = 120.0,
         fast_path: bool = True,
         wall_timeout: float | None = None,
@@ -446,11 +453,11 @@ class AnswerChecker:
         self.start_method = start_method
         self.memory_limit_mb = memory_limit_mb
         self.cache_size = int(cache_size)
+        self.max_batch = max(1, int(max_batch))
         self.startup_timeout = float(startup_timeout)
         self.fast_path = bool(fast_path)
         self.wall_timeout = float(wall_timeout) if wall_timeout is not None else max(3 * self.timeout, self.timeout + 5)
         self._cache: OrderedDict[tuple[str, str], CheckResult] = OrderedDict()
-        self._inflight: dict[tuple[str, str], cf.Future] = {}
         self._pool: ProcessPool | None = None
         self._ctx: _WorkerContext | None = None
         self._lock = threading.RLock()
@@ -479,9 +486,6 @@ class AnswerChecker:
         with self._lock:
             self._closed = True
             self._stop_pool()
-            for fut in self._inflight.values():
-                fut.cancel()
-            self._inflight.clear()
         if self._executor is not None:
             self._executor.shutdown(wait=False)
             self._executor = None
@@ -564,27 +568,22 @@ class AnswerChecker:
             except Exception:
                 log.debug("answer checker: stopping the pool failed", exc_info=True)
 
-    def _submit(self, keys: list[tuple[str, str]]) -> dict[tuple[str, str], cf.Future]:
-        """Futures for ``keys`` (an item already in flight for another call is shared). Called under the lock."""
+    def _submit(self, batch: list[tuple[str, str]]) -> cf.Future:
+        """One pool task for ``batch`` (consecutive items: a worker's parse cache serves neighbours that share an
+        expression). Called under the lock. A pool that cannot take work gives a failed future, not an exception."""
         if self._pool is not None and not self._pool.active:  # broken (e.g. its workers could not start): replace
             self._stop_pool()
         if self._pool is None:
             self._pool = self._start_pool()  # lazy: workers start with the first item
-        out: dict[tuple[str, str], cf.Future] = {}
-        wall = self.wall_timeout if _CPU_LIMITS else self.timeout
-        for key in keys:
-            fut = self._inflight.get(key)
-            if fut is None or fut.cancelled():
-                try:
-                    fut = self._pool.schedule(_verify_task, args=(key[0], key[1], self.timeout), timeout=wall)
-                except Exception as e:  # noqa: BLE001 - the pool cannot take work: this item fails, not the call
-                    fut = cf.Future()
-                    fut.set_exception(e)
-                else:
-                    fut.add_done_callback(self._count_finished)
-                self._inflight[key] = fut
-            out[key] = fut
-        return out
+        wall = (self.wall_timeout if _CPU_LIMITS else self.timeout) * len(batch)
+        try:
+            fut = self._pool.schedule(_verify_chunk, args=(batch, self.timeout), timeout=wall)
+        except Exception as e:  # noqa: BLE001
+            fut = cf.Future()
+            fut.set_exception(e)
+        else:
+            fut.add_done_callback(self._count_finished)
+        return fut
 
     def _count_finished(self, _fut: cf.Future) -> None:
         self._finished += 1
@@ -592,42 +591,52 @@ class AnswerChecker:
     def _verify_all(self, todo: dict[tuple[str, str], list[int]], results: list[CheckResult | None]) -> None:
         """Verdicts of ``todo`` (item -> positions in ``results``) from the pool, collected as they arrive.
 
-        Items go to the pool a window at a time (pebble looks at every queued task ten times a second: thousands of
-        queued tasks would cost the parent milliseconds per look). When the pool finishes nothing at all for
-        ``startup_timeout + wall_timeout`` (workers that cannot start), the pool is restarted and the waiting items fail
-        (not cached)."""
-        queue = deque(todo)
-        active: dict[cf.Future, tuple[str, str]] = {}
-        window = 4 * self.workers
+        Items go in chunks of consecutive ones (up to ``max_batch``, smaller when there are few), at most two chunks
+        per worker at a time (pebble looks at every queued task ten times a second: thousands of queued tasks would
+        cost the parent milliseconds per look). A chunk whose worker was killed (an item overran its limit) is sent
+        again one item per task, so that only the item at fault gets ``timeout``. When the pool finishes nothing at all
+        for ``startup_timeout + wall_timeout`` (workers that cannot start), the pool is restarted and the waiting items
+        fail (not cached)."""
+        pending = deque(todo)
+        singles: deque[tuple[str, str]] = deque()  # items of a chunk whose worker was killed
+        active: dict[cf.Future, list[tuple[str, str]]] = {}
+        window = 2 * self.workers
         quiet = self.startup_timeout + self.wall_timeout
         seen, since = self._finished, time.monotonic()
         try:
-            while queue or active:
-                if queue and len(active) < window and not self._closed:
+            while pending or singles or active:
+                while (pending or singles) and len(active) < window and not self._closed:
+                    if singles:
+                        batch = [singles.popleft()]
+                    else:
+                        size = max(1, min(self.max_batch, len(pending) // (2 * self.workers)))
+                        batch = [pending.popleft() for _ in range(min(size, len(pending)))]
                     with self._lock:
-                        batch = [queue.popleft() for _ in range(min(len(queue), window - len(active)))]
-                        active.update((fut, key) for key, fut in self._submit(batch).items())
+                        active[self._submit(batch)] = batch
                 done, _ = cf.wait(active, timeout=1.0, return_when=cf.FIRST_COMPLETED)
                 if not done and (self._closed or (self._finished == seen and time.monotonic() - since > quiet)):
                     if not self._closed:
                         with self._lock:
                             self._stop_pool()
                     done = set(active)  # given up: collected as cancelled, the rest below
-                    queue.clear()
+                    pending.clear()
+                    singles.clear()
                 if self._finished != seen:
                     seen, since = self._finished, time.monotonic()
                 with self._lock:
                     for fut in done:
-                        key = active.pop(fut)
-                        res, infra = self._verdict(fut)
-                        if self._inflight.get(key) is fut:
-                            del self._inflight[key]
+                        batch = active.pop(fut)
+                        verdicts = self._verdicts(fut, len(batch))
+                        if verdicts is None:
+                            singles.extend(batch)
+                            continue
+                        for key, (res, infra) in zip(batch, verdicts):
                             if not infra:  # a failure of the pool itself is tried again next time
                                 self._cache[key] = res
-                        for i in todo[key]:
-                            results[i] = res
-                        self.stats["verify"] += 1
-                        self.stats[res.reason] += 1
+                            for i in todo[key]:
+                                results[i] = res
+                            self.stats["verify"] += 1
+                            self.stats[res.reason] += 1
                     while len(self._cache) > self.cache_size:
                         self._cache.popitem(last=False)
         except BaseException:
@@ -637,34 +646,44 @@ class AnswerChecker:
                 fut.cancel()
             raise
         given_up = CheckResult(False, "error", "worker pool: the check was given up (no progress, or closed)", "verify")
-        for key in todo:
-            for i in todo[key]:
+        for positions in todo.values():
+            for i in positions:
                 if results[i] is None:
                     results[i] = given_up
 
-    def _verdict(self, fut: cf.Future) -> tuple[CheckResult, bool]:
-        """The result of one item and whether it is a failure of the pool itself (not cached)."""
+    def _verdicts(self, fut: cf.Future, n: int) -> list[tuple[CheckResult, bool]] | None:
+        """Each item's verdict and whether it is a failure of the pool itself (not cached); None when a chunk of
+        several items lost its worker to a limit (its items are then checked one by one)."""
         if not fut.done():  # given up by the watchdog or close(): pebble stops its worker
             fut.cancel()
         try:
-            eq, reason, detail, cpu = fut.result(timeout=0)
+            out = fut.result(timeout=0)
         except cf.TimeoutError:  # pebble's wall-clock limit
             self.stats["kills"] += 1
+            if n > 1:
+                return None
             detail = f"over {self.wall_timeout:g} s of wall time; worker killed"
-            return CheckResult(False, "timeout", detail, "verify"), False
+            return [(CheckResult(False, "timeout", detail, "verify"), False)]
         except ProcessExpired as e:
             if _CPU_LIMITS and e.exitcode == -signal.SIGPROF:
                 self.stats["kills"] += 1
-                return CheckResult(False, "timeout", f"over {self.timeout:g} s of CPU; worker killed", "verify"), False
+                if n > 1:
+                    return None
+                return [(CheckResult(False, "timeout", f"over {self.timeout:g} s of CPU; worker killed", "verify"), False)]
             self.stats["crashes"] += 1
-            return CheckResult(False, "error", f"worker died (exit code {e.exitcode})", "verify"), True
+            if n > 1:
+                return None
+            return [(CheckResult(False, "error", f"worker died (exit code {e.exitcode})", "verify"), True)]
         except cf.CancelledError:
-            return CheckResult(False, "error", "worker pool: the check was given up (no progress, or closed)",
-                               "verify"), True
+            res = CheckResult(False, "error", "worker pool: the check was given up (no progress, or closed)", "verify")
+            return [(res, True)] * n
         except Exception as e:  # noqa: BLE001 - the pool broke (BrokenProcessPool, ...)
-            return CheckResult(False, "error", f"worker pool failed: {type(e).__name__}: {e}", "verify"), True
-        self.stats["worker_cpu_s"] += cpu
-        return CheckResult(eq, reason, detail, "verify"), detail.startswith("worker cannot start")
+            return [(CheckResult(False, "error", f"worker pool failed: {type(e).__name__}: {e}", "verify"), True)] * n
+        verdicts = []
+        for eq, reason, detail, cpu in out:
+            self.stats["worker_cpu_s"] += cpu
+            verdicts.append((CheckResult(eq, reason, detail, "verify"), detail.startswith("worker cannot start")))
+        return verdicts
 
 
 # --------------------------------------------------------------------------------------------------------------------
