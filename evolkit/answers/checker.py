@@ -341,8 +341,8 @@ def _set_cpu_limit(seconds: float | None) -> None:
         signal.setitimer(signal.ITIMER_PROF, max(seconds, 1e-3) if seconds is not None else 0.0)
 
 
-def _verify_chunk(items: list[tuple[str, str]], cpu_budget: float) -> list[tuple[bool, str, str, float]]:
-    """A pool task: the items in order, each with its own CPU budget."""  # pragma: no cover - worker
+def _verify_chunk(items: list[tuple[str, str]], cpu_budget: float) -> list[tuple[bool, str, str, float]]:  # worker
+    """A pool task: the items in order, each with its own CPU budget."""
     return [_verify_task(a, b, cpu_budget) for a, b in items]
 
 
@@ -461,7 +461,7 @@ class AnswerChecker:
         self._pool: ProcessPool | None = None
         self._ctx: _WorkerContext | None = None
         self._lock = threading.RLock()
-        self._finished = 0  # items the pool has finished (any outcome): the progress the watchdog looks for
+        self._finished = 0  # pool tasks finished (any outcome): the progress the watchdog looks for
         self._executor: ThreadPoolExecutor | None = None
         self._closed = False
         self.stats: Counter = Counter()
