@@ -9,10 +9,10 @@ contamination`` ...). Nothing here calls a model or touches the run store.
 * **Text keys**: :func:`tokenize` (lower-case ``\\w+`` words), :func:`normalize_text` (the exact-duplicate key).
 * **Batch hashing** (:class:`TextHasher`): every token gets a stable 64-bit hash (blake2b, cached); word n-grams are
   hashed with a polynomial rolling hash over whole batches in numpy, so no per-n-gram Python work is done.
-* **MinHash** (:class:`MinHasher`): signatures of word-shingle sets computed for whole batches in numpy, bit-for-bit the
-  values of ``datasketch.MinHash`` (scheme ``affine32``) fed with the same 32-bit shingle hashes; banded LSH
-  (:class:`MinHashIndex`) with datasketch's optimal (bands, rows) for the threshold; every candidate is verified by its
-  estimated Jaccard similarity before it counts.
+* **MinHash** (:class:`MinHasher`): ``datasketch.MinHash`` sketches (scheme ``affine32``) of word-shingle sets, fed
+  with the 32-bit shingle hashes of the batch hashing; ``datasketch.MinHashLSH`` (its optimal bands and rows for the
+  threshold) proposes candidates (:class:`SketchIndex`), and every candidate is verified by its estimated Jaccard
+  similarity before it counts.
 * **Dedup** (:class:`Deduper`): exact (normalised text) and near-duplicate (MinHash LSH) over a growing pool; the first
   item seen is kept and each removal names the item it duplicates.
 * **Decontamination** (:class:`Decontaminator`): against benchmark test files (GSM8k / MATH test by default) by exact
@@ -24,15 +24,14 @@ contamination`` ...). Nothing here calls a model or touches the run store.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from datasketch import LeanMinHash, MinHash, MinHashLSH
 
 # --------------------------------------------------------------------------------------------------------------------
 # Rules
@@ -68,7 +67,7 @@ DEFAULT_SOLUTION_MARKERS: tuple[str, ...] = (
     r"^\s*(?:to\s+solve\s+(?:this|the)\b|let'?s\s+(?:solve|break|start|calculate)\b)",
 )
 
-_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.S)
+_FENCE_RE = re.compile(r"^```[a-zA-Z]*\s*\n(.*?)\n?```\s*$", re.DOTALL)
 
 
 def clean_evolved(text: str | None) -> str:
@@ -83,7 +82,7 @@ def clean_evolved(text: str | None) -> str:
 
 
 def _compile(patterns: Iterable[str]) -> list[re.Pattern[str]]:
-    return [re.compile(p, re.I | re.M) for p in patterns]
+    return [re.compile(p, re.IGNORECASE | re.MULTILINE) for p in patterns]
 
 
 def find_pattern(text: str, patterns: Sequence[re.Pattern[str]]) -> str | None:
@@ -225,6 +224,9 @@ class Encoded:
     lengths: np.ndarray  # int64 tokens per text
     starts: np.ndarray  # int64 offset of each text in flat
     keys: list[bytes]  # blake2b of each text's normalize_text()
+    #: MinHash sketches of the texts once computed, per (num_perm, seed, shingle) (see :meth:`MinHasher.minhashes`),
+    #: so that decontamination and dedup of one batch sketch each text once.
+    sketches: dict[tuple[int, int, int], list[Any]] = field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -302,7 +304,9 @@ class TextHasher:
         starts = np.zeros(len(which), dtype=np.int64)
         np.cumsum(lengths[:-1], out=starts[1:])
         idx = np.repeat(enc.starts[which] - starts, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
-        return Encoded(enc.flat[idx], lengths, starts, [enc.keys[i] for i in which.tolist()])
+        rows = which.tolist()
+        sketches = {cfg: [got[i] for i in rows] for cfg, got in enc.sketches.items()}
+        return Encoded(enc.flat[idx], lengths, starts, [enc.keys[i] for i in rows], sketches)
 
     @staticmethod
     def whole(tokens_hashes: Sequence[int]) -> int:
@@ -315,44 +319,24 @@ class TextHasher:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# MinHash and LSH
+# MinHash and LSH (datasketch)
 # --------------------------------------------------------------------------------------------------------------------
-
-_FMIX32 = (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
-
-
-def _fmix32(h: np.ndarray) -> np.ndarray:
-    """MurmurHash3's 32-bit finaliser (datasketch pre-mixes every input hash with it in its affine32 scheme)."""
-    s1, m1, s2, m2, s3 = _FMIX32
-    h = h ^ (h >> np.uint32(s1))
-    h = h * np.uint32(m1)
-    h = h ^ (h >> np.uint32(s2))
-    h = h * np.uint32(m2)
-    return h ^ (h >> np.uint32(s3))
 
 
 class MinHasher:
-    """MinHash signatures of word-shingle sets for whole batches.
+    """MinHash sketches of word-shingle sets: ``datasketch.MinHash`` (scheme ``affine32``) fed with the 32-bit shingle
+    hashes of each text (see :meth:`shingle_hashes`; one shingle of all tokens for a text shorter than ``shingle``).
 
-    ``signatures(texts)[i]`` equals ``datasketch.MinHash(num_perm, seed)`` (scheme ``affine32``) updated with the 32-bit
-    shingle hashes of text i (see :meth:`shingle_hashes`). Texts without tokens get the all-max signature and
-    ``empty[i] = True``."""
+    :meth:`minhashes` gives one ``datasketch.LeanMinHash`` per text (None for a text without tokens);
+    :meth:`signatures` the same hash values as a matrix."""
 
-    MAX = np.uint32(0xFFFFFFFF)
-
-    def __init__(self, num_perm: int = 128, seed: int = 1, shingle: int = 3, hasher: TextHasher | None = None,
-                 workers: int | None = None, chunk_shingles: int = 16384):
-        from datasketch import MinHash
-
+    def __init__(self, num_perm: int = 128, seed: int = 1, shingle: int = 3, hasher: TextHasher | None = None):
         self.num_perm = num_perm
         self.seed = seed
         self.shingle = shingle
         self.hasher = hasher or TextHasher()
-        a, b = MinHash(num_perm=num_perm, seed=seed, scheme="affine32").permutations
-        self._a = np.asarray(a, dtype=np.uint32)
-        self._b = np.asarray(b, dtype=np.uint32)
-        self.workers = workers or min(2, os.cpu_count() or 1)
-        self.chunk_shingles = chunk_shingles
+        # The shingle hashes are 32-bit values already: the identity is the hash function.
+        self._work = MinHash(num_perm=num_perm, seed=seed, hashfunc=int, scheme="affine32")
 
     def shingle_hashes(self, enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
         """(uint32 shingle hashes, owning text index), sorted by owner. Texts shorter than the shingle size get one
@@ -367,42 +351,37 @@ class MinHasher:
             h, owner = h[order], owner[order]
         return (h >> np.uint64(32)).astype(np.uint32), owner
 
-    def signatures_encoded(self, enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
-        n = len(enc)
-        sig = np.full((n, self.num_perm), self.MAX, dtype=np.uint32)
+    def minhashes(self, enc: Encoded) -> list[LeanMinHash | None]:
+        """One sketch per text of ``enc`` (None: no tokens); computed once per encoding (kept in ``enc.sketches``)."""
+        cfg = (self.num_perm, self.seed, self.shingle)
+        cached = enc.sketches.get(cfg)
+        if cached is not None:
+            return cached
         hv, owner = self.shingle_hashes(enc)
-        if len(hv) == 0:
-            return sig, np.ones(n, dtype=bool)
-        hv = _fmix32(hv)
-        counts = np.bincount(owner, minlength=n)
-        empty = counts == 0
-        # Chunks of whole texts, about chunk_shingles shingles each.
-        bounds = np.concatenate([[0], np.cumsum(counts)])
-        cuts = [0]
-        for i in range(1, n + 1):
-            if bounds[i] - bounds[cuts[-1]] >= self.chunk_shingles or i == n:
-                cuts.append(i)
-        cuts = sorted(set(cuts))
+        counts = np.bincount(owner, minlength=len(enc))
+        bounds = np.concatenate([[0], np.cumsum(counts)]).tolist()
+        values = hv.tolist()
+        m = self._work
+        out: list[LeanMinHash | None] = []
+        for i in range(len(enc)):
+            s, e = bounds[i], bounds[i + 1]
+            if s == e:
+                out.append(None)
+                continue
+            m.clear()
+            m.update_batch(values[s:e])
+            out.append(LeanMinHash(m))  # a frozen copy of the hash values
+        enc.sketches[cfg] = out
+        return out
 
-        def work(lo: int, hi: int) -> None:
-            s, e = bounds[lo], bounds[hi]
-            if e == s:
-                return
-            # (perm, shingle) layout: the min-reduction then runs along contiguous rows.
-            phv = self._a[:, None] * hv[None, s:e]
-            phv += self._b[:, None]
-            items = np.arange(lo, hi)
-            items = items[counts[lo:hi] > 0]
-            offs = bounds[items] - s
-            sig[items] = np.minimum.reduceat(phv, offs, axis=1).T
-
-        spans = list(zip(cuts[:-1], cuts[1:]))
-        if self.workers > 1 and len(spans) > 1:
-            with ThreadPoolExecutor(self.workers) as ex:
-                list(ex.map(lambda se: work(*se), spans))
-        else:
-            for lo, hi in spans:
-                work(lo, hi)
+    def signatures_encoded(self, enc: Encoded) -> tuple[np.ndarray, np.ndarray]:
+        """``(hash values (n, num_perm) uint32, empty)``; a text without tokens has the all-max row and ``empty``."""
+        sig = np.full((len(enc), self.num_perm), np.iinfo(np.uint32).max, dtype=np.uint32)
+        empty = np.ones(len(enc), dtype=bool)
+        for i, m in enumerate(self.minhashes(enc)):
+            if m is not None:
+                sig[i] = m.hashvalues
+                empty[i] = False
         return sig, empty
 
     def signatures(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -418,132 +397,28 @@ class MinHasher:
         return np.bincount((uniq >> np.uint64(32)).astype(np.int64), minlength=len(enc))
 
 
-def lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    """(bands, rows) minimising false positives + false negatives at ``threshold`` (datasketch's optimiser)."""
-    return _lsh_params(round(float(threshold), 4), int(num_perm))
-
-
-_LSH_CACHE: dict[tuple[float, int], tuple[int, int]] = {}
-
-
-def _lsh_params(threshold: float, num_perm: int) -> tuple[int, int]:
-    key = (threshold, num_perm)
-    if key not in _LSH_CACHE:
-        from datasketch.lsh import _optimal_param
-
-        _LSH_CACHE[key] = tuple(_optimal_param(threshold, num_perm, 0.5, 0.5))  # type: ignore[assignment]
-    return _LSH_CACHE[key]
-
-
-class MinHashIndex:
-    """Banded LSH over MinHash signatures, queried a whole batch at a time.
-
-    Items are integers 0..n-1 in insertion order. Each band's rows are folded into one 64-bit key; candidate pairs are
-    items sharing a key in any band, found by sorting keys (no per-item Python work). Every candidate pair is then
-    verified with its estimated Jaccard similarity (the share of equal signature values)."""
-
-    #: In a group of items sharing a band key, each item is paired with at most this many neighbours (sorted by id).
-    MAX_GROUP_PAIRS = 64
+class SketchIndex:
+    """``datasketch.MinHashLSH`` over integer ids, keeping each indexed sketch so that a candidate can be verified by
+    its estimated Jaccard similarity (the LSH alone only says "shares a band")."""
 
     def __init__(self, threshold: float, num_perm: int):
-        self.threshold = threshold
-        self.num_perm = num_perm
-        self.bands, self.rows = lsh_params(threshold, num_perm)
-        self._sig = np.zeros((1024, num_perm), dtype=np.uint32)
-        self._keys = np.zeros((1024, self.bands), dtype=np.uint64)
-        self._alive = np.zeros(1024, dtype=bool)
-        self.size = 0
+        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.sketches: dict[int, LeanMinHash] = {}
 
-    def band_keys(self, sigs: np.ndarray) -> np.ndarray:
-        """(n, bands) uint64 keys: each band's rows folded into one 64-bit hash."""
-        n = sigs.shape[0]
-        keys = np.zeros((n, self.bands), dtype=np.uint64)
-        for bi in range(self.bands):
-            k = np.zeros(n, dtype=np.uint64)
-            for c in range(bi * self.rows, (bi + 1) * self.rows):
-                k *= _MUL
-                k += sigs[:, c].astype(np.uint64)
-            keys[:, bi] = _mix64(k + np.uint64(bi))
-        return keys
+    def __len__(self) -> int:
+        return len(self.sketches)
 
-    def _reserve(self, extra: int) -> None:
-        need = self.size + extra
-        if need > len(self._sig):
-            cap = max(need, 2 * len(self._sig))
-            for name in ("_sig", "_keys", "_alive"):
-                old = getattr(self, name)
-                new = np.zeros((cap,) + old.shape[1:], dtype=old.dtype)
-                new[: self.size] = old[: self.size]
-                setattr(self, name, new)
+    def add(self, item: int, sketch: LeanMinHash) -> None:
+        self.lsh.insert(item, sketch, check_duplication=False)
+        self.sketches[item] = sketch
 
-    def add(self, sigs: np.ndarray, keys: np.ndarray | None = None, skip: np.ndarray | None = None) -> np.ndarray:
-        """Index a batch (items where ``skip`` is true get ids but never match); returns their ids."""
-        n = len(sigs)
-        keys = self.band_keys(sigs) if keys is None else keys
-        self._reserve(n)
-        lo, hi = self.size, self.size + n
-        self._sig[lo:hi] = sigs
-        self._keys[lo:hi] = keys
-        self._alive[lo:hi] = True if skip is None else ~np.asarray(skip, dtype=bool)
-        self.size = hi
-        return np.arange(lo, hi)
+    def remove(self, item: int) -> None:
+        if self.sketches.pop(item, None) is not None:
+            self.lsh.remove(item)
 
-    def remove(self, ids: Iterable[int]) -> None:
-        """Forget items: they are never returned as matches again (their ids stay taken)."""
-        ids = np.fromiter(ids, dtype=np.int64)
-        self._alive[ids] = False
-
-    def signatures(self) -> np.ndarray:
-        return self._sig[: self.size]
-
-    def alive(self) -> np.ndarray:
-        return self._alive[: self.size]
-
-    def candidate_pairs(self, keys: np.ndarray, within: bool = False,
-                        live: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """Pairs ``(i, j)``: ``i`` an indexed item (or, with ``within``, an earlier query item, numbered ``size +
-        position``), ``j`` the position of a query item, sharing a band key. Each pair is listed once. ``live`` masks
-        query items that take part (default all)."""
-        nq = len(keys)
-        n = self.size
-        if nq == 0 or (n == 0 and not within):
-            e = np.empty(0, dtype=np.int64)
-            return e, e
-        q_ids = np.arange(n, n + nq, dtype=np.int64)
-        if live is not None:
-            q_ids = q_ids[live]
-            keys = keys[live]
-        idx_ids = np.nonzero(self.alive())[0]
-        out: list[np.ndarray] = []
-        for b in range(self.bands):
-            k = np.concatenate([self._keys[idx_ids, b], keys[:, b]])
-            ids = np.concatenate([idx_ids, q_ids])
-            order = np.lexsort((ids, k))
-            sk, sid = k[order], ids[order]
-            for d in range(1, self.MAX_GROUP_PAIRS + 1):
-                if d >= len(sk):
-                    break
-                same = sk[d:] == sk[:-d]
-                if not same.any():
-                    break
-                a, c = sid[:-d][same], sid[d:][same]  # a < c: ids ascend within a key group
-                sel = c >= n if within else (c >= n) & (a < n)
-                if sel.any():
-                    out.append(a[sel] * (n + nq) + c[sel])
-        if not out:
-            e = np.empty(0, dtype=np.int64)
-            return e, e
-        codes = np.sort(np.concatenate(out))
-        codes = codes[np.concatenate([[True], codes[1:] != codes[:-1]])]
-        return codes // (n + nq), codes % (n + nq) - n
-
-    @staticmethod
-    def jaccard(sig_a: np.ndarray, sig_b: np.ndarray, chunk: int = 65536) -> np.ndarray:
-        """Row-wise estimated Jaccard similarity of two equally long stacks of signatures."""
-        out = np.empty(len(sig_a))
-        for s in range(0, len(sig_a), chunk):
-            out[s : s + chunk] = (sig_a[s : s + chunk] == sig_b[s : s + chunk]).mean(axis=1)
-        return out
+    def similar(self, sketch: LeanMinHash) -> list[tuple[int, float]]:
+        """``(id, estimated Jaccard)`` of the indexed items sharing a band with ``sketch``, by id."""
+        return [(i, self.sketches[i].jaccard(sketch)) for i in sorted(self.lsh.query(sketch))]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -567,105 +442,67 @@ class Deduper:
     in order, returns a :class:`DupMatch` for each item that duplicates a kept pool item or an earlier kept item of the
     batch (None for the others) and adds the others to the pool: the first item seen is always the one kept. A near
     duplicate has an estimated Jaccard similarity (word shingles) of at least ``near_threshold`` with the kept item;
-    when several kept items qualify, the most similar one is named. ``remove(keys)`` takes kept items out again."""
+    when several kept items qualify, the most similar one is named (the earliest on a tie). ``remove(keys)`` takes
+    kept items out again."""
 
     def __init__(self, near_threshold: float | None = 0.85, num_perm: int = 128, shingle: int = 3, seed: int = 1,
                  minhasher: MinHasher | None = None):
         self.near_threshold = near_threshold
         self.exact: dict[bytes, str] = {}
         self.keys: list[str] = []
-        self._pos: dict[str, tuple[int, bytes]] = {}  # key -> (index id, exact key)
+        self._pos: dict[str, tuple[int, bytes]] = {}  # key -> (item id, exact key)
         self.minhasher = minhasher or MinHasher(num_perm=num_perm, seed=seed, shingle=shingle)
-        self.index = MinHashIndex(near_threshold, self.minhasher.num_perm) if near_threshold else None
+        self.index = SketchIndex(near_threshold, self.minhasher.num_perm) if near_threshold else None
 
     def __len__(self) -> int:
         return len(self._pos)
 
     def add(self, keys: Sequence[str], texts: Sequence[str]) -> None:
         enc = self.minhasher.hasher.encode(texts)
-        for k, tk in zip(keys, enc.keys):
+        sketches = self.minhasher.minhashes(enc) if self.index is not None else [None] * len(enc)
+        for k, tk, m in zip(keys, enc.keys, sketches):
             self.exact.setdefault(tk, k)
             self._pos[k] = (len(self.keys), tk)
+            if m is not None:
+                self.index.add(len(self.keys), m)  # type: ignore[union-attr]
             self.keys.append(k)
-        if self.index is not None:
-            sigs, empty = self.minhasher.signatures_encoded(enc)
-            self.index.add(sigs, skip=empty)
 
-    def check(self, keys: Sequence[str], texts: Sequence[str], encoded: Encoded | None = None,
-              chunk: int = 16384) -> list[DupMatch | None]:
-        """``encoded``: the texts already encoded by a :class:`TextHasher` (saves tokenising them twice). Large batches
-        go in chunks (same result: each chunk joins the pool before the next is checked; bounded memory)."""
+    def check(self, keys: Sequence[str], texts: Sequence[str], encoded: Encoded | None = None) -> list[DupMatch | None]:
+        """``encoded``: the texts already encoded by a :class:`TextHasher` (saves tokenising them twice)."""
         enc = encoded if encoded is not None else self.minhasher.hasher.encode(texts)
+        sketches = self.minhasher.minhashes(enc) if self.index is not None else [None] * len(enc)
         out: list[DupMatch | None] = []
-        for lo in range(0, len(keys), chunk):
-            hi = min(len(keys), lo + chunk)
-            part = enc if (lo, hi) == (0, len(keys)) else TextHasher.subset(enc, range(lo, hi))
-            out.extend(self._check(list(keys[lo:hi]), part))
-        return out
-
-    def _check(self, keys: list[str], enc: Encoded) -> list[DupMatch | None]:
-        n = len(keys)
-        out: list[DupMatch | None] = [None] * n
-        seen: dict[bytes, int] = {}
-        for j, tk in enumerate(enc.keys):  # exact: against the pool, then earlier items of the batch
+        for k, tk, m in zip(keys, enc.keys, sketches):
+            found: DupMatch | None = None
             prev = self.exact.get(tk)
             if prev is not None:
-                out[j] = DupMatch("exact", prev, 1.0)
-            elif tk in seen:
-                out[j] = DupMatch("exact", keys[seen[tk]], 1.0)
-            else:
-                seen[tk] = j
-        if self.index is not None:
-            base = self.index.size
-            sigs, empty = self.minhasher.signatures_encoded(enc)
-            bkeys = self.index.band_keys(sigs)
-            live = ~empty & np.array([m is None for m in out], dtype=bool)
-            a, c = self.index.candidate_pairs(bkeys, within=True, live=live)
-            if len(a):
-                allsig_a = np.where((a < base)[:, None], self.index._sig[np.minimum(a, max(base - 1, 0))],
-                                    sigs[np.maximum(a - base, 0)])
-                sim = MinHashIndex.jaccard(allsig_a, sigs[c])
-                ok = sim >= self.near_threshold
-                a, c, sim = a[ok], c[ok], sim[ok]
-                order = np.lexsort((a, c))
-                kept = live.copy()
-                cur_j, best = -1, None
-                # Pairs sorted by query item: an item is a duplicate if an earlier item it resembles is still kept.
-                for ai, cj, si in zip(a[order].tolist(), c[order].tolist(), sim[order].tolist()):
-                    if cj != cur_j:
-                        if best is not None:
-                            kept[cur_j] = False
-                            out[cur_j] = DupMatch("near", best[0], round(best[1], 4))
-                        cur_j, best = cj, None
-                    if not kept[cj]:
-                        continue
-                    holder = self.keys[ai] if ai < base else (keys[ai - base] if kept[ai - base] else None)
-                    if holder is not None and (best is None or si > best[1]):
-                        best = (holder, si)
+                found = DupMatch("exact", prev, 1.0)
+            elif m is not None and self.index is not None:
+                best: tuple[int, float] | None = None
+                for item, sim in self.index.similar(m):
+                    if sim >= self.near_threshold and (best is None or sim > best[1]):  # type: ignore[operator]
+                        best = (item, sim)
                 if best is not None:
-                    out[cur_j] = DupMatch("near", best[0], round(best[1], 4))
-            skip = empty | np.array([m is not None for m in out], dtype=bool)
-            self.index.add(sigs, bkeys, skip=skip)
-        for j, (k, tk) in enumerate(zip(keys, enc.keys)):
-            pos = len(self.keys)
-            self.keys.append(k)
-            if out[j] is None:
+                    found = DupMatch("near", self.keys[best[0]], round(best[1], 4))
+            if found is None:
                 self.exact[tk] = k
-                self._pos[k] = (pos, tk)
+                self._pos[k] = (len(self.keys), tk)
+                if m is not None and self.index is not None:
+                    self.index.add(len(self.keys), m)
+            self.keys.append(k)
+            out.append(found)
         return out
 
     def remove(self, keys: Iterable[str]) -> None:
         """Take kept items out of the pool again (e.g. eliminated by a later check): nothing matches them any more."""
-        ids = []
         for k in keys:
             pos = self._pos.pop(k, None)
             if pos is None:
                 continue
-            ids.append(pos[0])
             if self.exact.get(pos[1]) == k:
                 del self.exact[pos[1]]
-        if self.index is not None and ids:
-            self.index.remove(ids)
+            if self.index is not None:
+                self.index.remove(pos[0])
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -776,13 +613,14 @@ class Decontaminator:
         self._prefix, self._prefix_owner = self._table(sh, short[sown], drop_common=False, keep_all=True)
         self.near_threshold = near_threshold
         self.minhasher = MinHasher(num_perm=num_perm, seed=seed, shingle=shingle, hasher=self.hasher)
-        self.index: MinHashIndex | None = None
+        self.index: SketchIndex | None = None
         self._sizes = np.zeros(0, dtype=np.int64)
         self._numbers = [_numbers(it.text) for it in self.items]
         if near_threshold:
-            self.index = MinHashIndex(min(candidate_jaccard, near_threshold), num_perm)
-            sigs, empty = self.minhasher.signatures_encoded(enc)
-            self.index.add(sigs, skip=empty)
+            self.index = SketchIndex(min(candidate_jaccard, near_threshold), num_perm)
+            for j, m in enumerate(self.minhasher.minhashes(enc)):
+                if m is not None:
+                    self.index.add(j, m)
             self._sizes = self.minhasher.set_sizes(enc)
 
     @classmethod
@@ -832,6 +670,8 @@ class Decontaminator:
         """Matches of each text (None: clean). ``encoded``: the texts already encoded by a :class:`TextHasher`.
         Large batches go in chunks (bounded memory)."""
         enc = encoded if encoded is not None else self.hasher.encode(texts)
+        if self.index is not None:
+            self.minhasher.minhashes(enc)  # sketched once for the whole batch (and for a later dedup of it)
         out: list[Match | None] = []
         for lo in range(0, len(texts), chunk):
             hi = min(len(texts), lo + chunk)
@@ -881,19 +721,23 @@ class Decontaminator:
                         out[i] = self._match("ngram", j, 1.0, evidence)
                         break
         if self.index is not None:
-            sigs, empty = self.minhasher.signatures_encoded(enc)
-            live = ~empty & np.array([m is None for m in out], dtype=bool)
-            a, c = self.index.candidate_pairs(self.index.band_keys(sigs), live=live)
-            if len(a):
-                jac = MinHashIndex.jaccard(self.index.signatures()[a], sigs[c])
-                sizes = self._set_sizes(enc, np.unique(c))
-                t_size = self._sizes[a].astype(float)
-                cont = np.minimum(1.0, jac * (t_size + sizes[c]) / ((1.0 + jac) * np.maximum(t_size, 1.0)))
-                ok = np.nonzero(cont >= self.near_threshold)[0]
-                ok = ok[np.lexsort((-cont[ok], c[ok]))]  # by text, most contained first
-                for k in ok.tolist():
-                    i, j = int(c[k]), int(a[k])
-                    if out[i] is None and self._numbers[j] <= _numbers(texts[i]):
-                        out[i] = self._match("near", j, round(float(cont[k]), 4),
-                                             f"estimated containment {cont[k]:.2f} (jaccard {jac[k]:.2f})")
+            sketches = self.minhasher.minhashes(enc)
+            cands = {i: self.index.similar(m) for i, (m, hit) in enumerate(zip(sketches, out))
+                     if m is not None and hit is None}
+            cands = {i: c for i, c in cands.items() if c}
+            if cands:
+                which = np.array(sorted(cands), dtype=np.int64)
+                sizes = self._set_sizes(enc, which)
+                for i in which.tolist():
+                    best = []
+                    for j, jac in cands[i]:
+                        t_size = float(self._sizes[j])
+                        cont = min(1.0, jac * (t_size + sizes[i]) / ((1.0 + jac) * max(t_size, 1.0)))
+                        if cont >= self.near_threshold:
+                            best.append((-cont, j, jac))
+                    for neg, j, jac in sorted(best):  # most contained first (then the first test problem)
+                        if self._numbers[j] <= _numbers(texts[i]):
+                            out[i] = self._match("near", j, round(-neg, 4),
+                                                 f"estimated containment {-neg:.2f} (jaccard {jac:.2f})")
+                            break
         return out

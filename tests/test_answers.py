@@ -301,7 +301,7 @@ def test_numeric_shortcut_agrees_with_math_verify():
     """In the worker, two scalar expressions whose values differ are called different without ``simplify``. On real
     MATH golds paired with other problems' golds (plus hand-made near misses), that shortcut must agree with plain
     math-verify every time it fires."""
-    from evolkit import answers as A
+    from evolkit.answers import checker as A
 
     A._worker_setup(None)  # math-verify in this process (no signals: timeouts are off)
     golds = [g for r in _jsonl("math", "test.jsonl")[:700] if (g := math_gold(r["solution"]))]
@@ -371,7 +371,7 @@ def test_pathological_inputs_time_out_and_pool_survives():
             elapsed = time.monotonic() - t0
             assert res.reason == "timeout" and not res.equal, (pair, res)
             assert elapsed < ch.wall_timeout + 3.0, elapsed
-            after = set(ch.worker_pids())
+            after = _replaced_workers(ch, before)
             assert len(after) == 2 and after != before  # the stuck worker was replaced
             for pid in before - after:  # ... and is really gone
                 assert not Path(f"/proc/{pid}").exists() or _is_zombie(pid)
@@ -382,10 +382,28 @@ def test_pathological_inputs_time_out_and_pool_survives():
         res = ch.check_many(batch)
         assert [r.reason for r in res] == ["match", "timeout", "match"]
         assert ch.stats["kills"] >= 4
+        # ... nor inside a chunk of several items sent to one worker: the chunk is checked again item by item
+        kills = ch.stats["kills"]
+        batch = [(f"\\sqrt{{{4 * k * k}}}", f"{2 * k}") for k in range(2, 22)]
+        batch[9] = ("10^{10^{10^{9}}}!", "3")
+        res = ch.check_many(batch)
+        assert [r.reason for r in res] == ["match"] * 9 + ["timeout"] + ["match"] * 10, res
+        assert ch.stats["kills"] >= kills + 2
         # the timeout verdict is cached: no second kill
         kills = ch.stats["kills"]
         assert ch.check(*PATHOLOGICAL[0]).reason == "timeout"
         assert ch.stats["kills"] == kills
+
+
+def _replaced_workers(ch: AnswerChecker, before: set[int], wait_s: float = 30.0) -> set[int]:
+    """The live workers once the pool has replaced a killed one (the pool does that in its own thread, right after it
+    reports the item's verdict)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        after = set(ch.worker_pids())
+        if (len(after) == ch.workers and after != before) or time.monotonic() > deadline:
+            return after
+        time.sleep(0.05)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -505,6 +523,19 @@ def test_majority_answer_edge_cases(checker):
         ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\nShe earned 0.2 x 50 = $<<0.2*50=10>>10.\n#### 10",
          ["Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.", "She earned 0.2 x 50 = $<<0.2*50=10>>10.", "#### 10"]),
         ("He pays $5.\nThen $x^2$ grows.\nEnd", ["He pays $5.", "Then $x^2$ grows.", "End"]),
+        # one paragraph on one line: sentences (never inside a formula, not after an abbreviation or in a decimal)
+        ("We have $x = 3$. Then $y = 4$.", ["We have $x = 3$.", "Then $y = 4$."]),
+        ("We get $x = 5.$ Thus $y = 2$.", ["We get $x = 5.$", "Thus $y = 2$."]),
+        ("It costs 2.5 dollars, e.g. for Mr. Smith. Then we add!", ["It costs 2.5 dollars, e.g. for Mr. Smith.",
+                                                                   "Then we add!"]),
+        ("He pays $5. Then he gets $3 back.", ["He pays $5.", "Then he gets $3 back."]),
+        ("We have \\[x = 1.\\]Then $y = 2$.", ["We have \\[x = 1.\\]", "Then $y = 2$."]),
+        ("The set $\\{a. B\\}$ is odd. Yes.", ["The set $\\{a. B\\}$ is odd.", "Yes."]),
+        # one sentence: clauses before a conclusion, or after a semicolon
+        ("We have $|x| = 3$, so $x = \\pm 3$.", ["We have $|x| = 3$,", "so $x = \\pm 3$."]),
+        ("Since $a = 2$, we have $a^2 = 4$.", ["Since $a = 2$,", "we have $a^2 = 4$."]),
+        ("It is 5; it is odd.", ["It is 5;", "it is odd."]),
+        ("The sum $1 + 2, so 3$ is small.", ["The sum $1 + 2, so 3$ is small."]),
     ],
 )
 def test_split_steps(text, steps):

@@ -12,17 +12,19 @@ import numpy as np
 import pytest
 
 from evolkit import filters
-from evolkit.filters import Decontaminator, Deduper, Eliminator, MinHasher, BenchmarkItem
+from evolkit.filters import BenchmarkItem, Decontaminator, Deduper, Eliminator, MinHasher
+from evolkit.settings import data_dir
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+DATA = data_dir()  # EVOLKIT_DATA, or the shared data folder next to the checkout
 TEST_FILES = [DATA / "gsm8k" / "test.jsonl", DATA / "math" / "test.jsonl", DATA / "math" / "math500_test.jsonl"]
 
 
 def need_data() -> None:
-    if not DATA.exists():
+    missing = [p for p in TEST_FILES if not p.exists()]
+    if missing:
         if os.environ.get("CI"):
-            pytest.fail(f"{DATA} is missing (required in CI)")
-        pytest.skip(f"{DATA} is missing")
+            pytest.fail(f"{missing[0]} is missing (required in CI; set EVOLKIT_DATA)")
+        pytest.skip(f"{missing[0]} is missing (set EVOLKIT_DATA)")
 
 
 def rows(path: Path, field: str) -> list[dict]:
@@ -86,21 +88,27 @@ def test_custom_patterns_and_bounds():
 
 
 # ---------------------------------------------------------------------------------------------------------- minhash
-def test_minhash_equals_datasketch():
+def test_minhash_is_datasketch_minhash_of_the_word_shingles():
+    """The batch shingle hashing feeds datasketch's MinHash exactly the shingles of each text: every signature equals a
+    MinHash built one text at a time from ``filters.shingles`` (plain Python), hashed with ``TextHasher.whole``."""
     from datasketch import MinHash
 
     rng = random.Random(0)
     words = [f"w{i}" for i in range(300)]
     texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 80))) for _ in range(40)] + ["", "one", "two w"]
-    mh = MinHasher(num_perm=96, seed=7, chunk_shingles=500)  # small chunks: several chunks and both threads
+    mh = MinHasher(num_perm=96, seed=7)
     sigs, empty = mh.signatures(texts)
-    hv, owner = mh.shingle_hashes(mh.hasher.encode(texts))
+    sketches = mh.minhashes(mh.hasher.encode(texts))
+    hasher = filters.TextHasher()
     for i, t in enumerate(texts):
-        ref = MinHash(num_perm=96, seed=7, hashfunc=lambda x: x)
-        vals = [int(x) for x in hv[owner == i]]
-        ref.update_batch(vals)
-        assert empty[i] == (not vals)
-        assert np.array_equal(ref.hashvalues, sigs[i]), i
+        shingles = filters.shingles(t, 3)
+        vals = {hasher.whole(hasher.encode([" ".join(sh)]).flat.tolist()) >> 32 for sh in shingles}
+        ref = MinHash(num_perm=96, seed=7, hashfunc=int, scheme="affine32")
+        ref.update_batch(sorted(vals))
+        assert empty[i] == (not vals) and (sketches[i] is None) == (not vals)
+        if vals:
+            assert np.array_equal(ref.hashvalues, sigs[i]), i
+            assert sketches[i].jaccard(ref) == 1.0
 
 
 def test_minhash_estimates_jaccard():
@@ -151,6 +159,40 @@ def test_deduper_exact_near_and_clean():
     d.remove(["c2"])
     again = d.check(["c6"], [long_q])
     assert again == [None]
+
+
+def test_copy_of_a_dropped_duplicate_names_the_kept_item():
+    """An exact copy of an item that was itself dropped as a near duplicate is a duplicate of the kept item (the
+    dropped one is not in the pool)."""
+    q = ("A farmer has 120 sheep and 45 cows on a farm near the river. Each sheep eats 3 kilograms of hay per day and "
+         "each cow eats 11 kilograms. The farmer buys hay in bales of 25 kilograms that cost 8 dollars each. How much "
+         "does the farmer spend on hay in a 30-day month?")
+    near = q.replace("near the river", "by the river")
+    got = Deduper(near_threshold=0.8).check(["a", "b", "c"], [q, near, near.upper()])
+    assert got[0] is None
+    assert got[1].kind == "near" and got[1].key == "a"
+    assert got[2].kind == "near" and got[2].key == "a" and got[2].similarity == got[1].similarity
+
+
+def test_sketches_shared_between_decontamination_and_dedup_change_nothing(tmp_path):
+    """The evolve stage encodes a batch once, decontaminates it, then dedups the clean part of the same encoding
+    (whose MinHash sketches are then reused): the same verdicts as dedup from the texts alone."""
+    test = tmp_path / "test.jsonl"
+    train = ("A train leaves the station at 3 pm and travels 60 miles per hour for the first two hours, then 45 miles "
+             "per hour. How far from the station is it at 6 pm?")
+    test.write_text(json.dumps({"question": train, "id": "t1"}) + "\n")
+    dc = Decontaminator.from_files([test], near_threshold=0.7)
+    texts = [CHILD, train + " Show your work.", CHILD.replace("12 more", "13 more"), "Compute 17 times 23 minus 45.",
+             CHILD + " Explain."]
+    enc = dc.hasher.encode(texts)
+    hits = dc.match_many(texts, encoded=enc)
+    keep = [i for i, h in enumerate(hits) if h is None]
+    assert keep == [0, 2, 3, 4] and enc.sketches  # sketched once, kept on the encoding
+    sub = filters.TextHasher.subset(enc, keep)
+    assert len(next(iter(sub.sketches.values()))) == len(keep)
+    shared = Deduper(near_threshold=0.8).check([f"k{i}" for i in keep], [texts[i] for i in keep], encoded=sub)
+    alone = Deduper(near_threshold=0.8).check([f"k{i}" for i in keep], [texts[i] for i in keep])
+    assert shared == alone and [m is None for m in shared] == [True, True, True, False]
 
 
 def test_deduper_near_off():
