@@ -13,7 +13,7 @@ What the checker treats as equal, category by category, is written down in ``doc
 
 from .checker import REASONS, AnswerChecker, CheckResult, majority_answer
 from .extract import extract_answer, find_boxed, gsm8k_gold, math_gold, normalize_answer
-from .steps import split_steps, steps_distribution
+from .steps import StepsTally, split_steps, steps_distribution
 
 __all__ = [
     "REASONS",
@@ -27,4 +27,5 @@ __all__ = [
     "normalize_answer",
     "split_steps",
     "steps_distribution",
+    "StepsTally",
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from .extract import _CALC_RE
@@ -250,6 +250,30 @@ def split_steps(text: str | None) -> list[str]:
     return [text.strip()]
 
 
+class StepsTally:
+    """Steps per solution, per source, counted one solution at a time (memory does not grow with the solutions)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, Counter[int]] = defaultdict(Counter)
+
+    def add(self, source: str | None, steps: Sequence[str] | None = None, text: str | None = None) -> None:
+        """Count one solution: its ``steps``, or its ``text`` split with :func:`split_steps`. A solution without steps
+        (a failed request, an empty text) is not counted."""
+        if steps is None:
+            steps = split_steps(text) if isinstance(text, str) else []
+        if len(steps):
+            self.counts[str(source or "unknown")][len(steps)] += 1
+
+    def as_dict(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for source in sorted(self.counts):
+            hist = self.counts[source]
+            total = sum(hist.values())
+            out[source] = {"n": total, "mean": round(sum(k * v for k, v in hist.items()) / total, 3),
+                           "hist": {str(k): hist[k] for k in sorted(hist)}}
+        return out
+
+
 def steps_distribution(rows: Iterable[Mapping[str, Any]], source_key: str = "source") -> dict[str, dict[str, Any]]:
     """Steps per solution, per source: ``{source: {"n": solutions, "mean": steps, "hist": {"1": count, ...}}}``.
 
@@ -257,18 +281,8 @@ def steps_distribution(rows: Iterable[Mapping[str, Any]], source_key: str = "sou
     rows) or a solution text under ``text`` / ``output`` / ``completion`` / ``solution`` (split with
     :func:`split_steps`). Rows without steps and without text (failed requests) are not counted. Sources and histogram
     keys come out sorted (keys as numbers)."""
-    counts: dict[str, Counter[int]] = defaultdict(Counter)
+    tally = StepsTally()
     for row in rows:
-        steps = row.get("steps")
-        if steps is None:
-            text = next((row[k] for k in ("text", "output", "completion", "solution") if row.get(k)), None)
-            steps = split_steps(text) if isinstance(text, str) else []
-        if len(steps):  # no steps: a failed request or an empty solution, not counted
-            counts[str(row.get(source_key) or "unknown")][len(steps)] += 1
-    out: dict[str, dict[str, Any]] = {}
-    for source in sorted(counts):
-        hist = counts[source]
-        total = sum(hist.values())
-        out[source] = {"n": total, "mean": round(sum(k * v for k, v in hist.items()) / total, 3),
-                       "hist": {str(k): hist[k] for k in sorted(hist)}}
-    return out
+        text = next((row[k] for k in ("text", "output", "completion", "solution") if row.get(k)), None)
+        tally.add(row.get(source_key), row.get("steps"), text)
+    return tally.as_dict()

@@ -18,6 +18,7 @@ from typing import Any
 
 from .. import __version__
 from ..records import _resource_dir
+from ..review.stats import review_stats
 from ..settings import data_dir
 from ..store import RunStore
 from .specs import CONFIG_SPECS, ConfigData, PublishError, PublishOptions, short
@@ -473,7 +474,7 @@ def make_card(store: RunStore, cfg: dict[str, Any], datasets: list[ConfigData], 
                    if s.name not in by and (not options.configs or s.name in options.configs)],
         "stages": stages, "stage_names": [s["name"] for s in stages], "seeds": seeds, "models": _models(cfg, by),
         "sampling": cfg.get("sampling") or {}, "growth": _growth(by), "review": [_review_stats(d) for d in datasets],
-        "review_ran": "review" in manifest, "review_summary": review_summary,
+        "review_ran": "review" in manifest, "review_summary": review_summary, "review_stats": review_stats(store),
         "decontamination": [d for d in decontam if d["enabled"]],
         "decontamination_disabled": [d["stage"] for d in decontam if not d["enabled"]], "license": repo_license,
         "license_name": LICENSE_NAMES.get(repo_license, repo_license), "licenses": lic,

@@ -67,7 +67,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import filters, prompts
-from ..answers import extract_answer, majority_answer, split_steps
+from ..answers import StepsTally, extract_answer, majority_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError
 from ..judging import yes_no, yes_no_schema
@@ -877,7 +877,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     if cfg.plots:
         summary["plots"] = make_plots(summary, out_dir)
     evolved_sft = sft_evolved(engine)
-    steps = sft_stage.StepsHistogram()
+    steps = StepsTally()
     for k in engine.kept:
         for s in k.solutions:
             if s["verdict"] != "failed":

@@ -23,7 +23,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from .. import prompts
-from ..answers import extract_answer, split_steps
+from ..answers import StepsTally, extract_answer, split_steps
 from ..backends import Request
 from ..errors import ConfigError, DataError
 from ..records import Problem, SFTExample, Solution, Usage
@@ -231,25 +231,6 @@ def sft_rows(problems: Iterable[Problem], solutions_of: Callable[[str], list[dic
                 yield sft_example(p, s)
 
 
-class StepsHistogram:
-    """Steps per solution, per source: ``{source: {"n", "mean", "hist": {"1": count, ...}}}`` (streamed)."""
-
-    def __init__(self) -> None:
-        self.hist: dict[str, Counter[int]] = {}
-
-    def add(self, source: str, steps: list[str] | None, text: str | None = None) -> None:
-        n = len(steps) if steps else len(split_steps(text)) if text else 0
-        self.hist.setdefault(source, Counter())[n] += 1
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {}
-        for src, c in sorted(self.hist.items()):
-            total = sum(c.values())
-            out[src] = {"n": total, "mean": round(sum(k * v for k, v in c.items()) / total, 3) if total else None,
-                        "hist": {str(k): c[k] for k in sorted(c)}}
-        return out
-
-
 class Tally:
     """The sft summary's counts, accumulated row by row."""
 
@@ -259,7 +240,7 @@ class Tally:
         self.reasons: Counter[str] = Counter()
         self.by_source: dict[str, dict[str, int]] = {}
         self.prompt_tokens = self.completion_tokens = 0
-        self.steps = StepsHistogram()
+        self.steps = StepsTally()
 
     def add(self, s: dict[str, Any], source: str) -> None:
         self.samples += 1
