@@ -95,6 +95,7 @@ class Context:
         """The context of the run folder (made if new). The folder keeps the config it was made with; ``save_config``
         replaces it (a run redone with --force)."""
         register_secret_envs(config.secret_envs())
+        prompts.start_record()
         store = RunStore(run_dir or config.run_dir)
         if save_config or not store.manifest_path.exists() or not (store.root / "config.yaml").exists():
             store.save_config(config.public_dict())

@@ -44,7 +44,7 @@ def _snapshot(run: Path) -> dict[str, bytes]:
 @pytest.mark.parametrize("change,expect", [
     ("stages.sft.k=3", "stages.sft.k: 2 -> 3"),
     ("sampling.temperature=0.1", "sampling.temperature: 0.7 -> 0.1"),
-    ("seeds.0.n=5", "seeds: "),
+    ("seeds.0.n=5", "seeds.0.n: 3 -> 5"),
     ("backend.model=other-model", "backend.model: 'fault-model' -> 'other-model'"),
 ])
 def test_resume_with_data_changing_settings_is_refused(tmp_path: Path, server: FaultServer, change: str, expect: str,

@@ -32,36 +32,55 @@ def prompt_path(name_or_path: str) -> Path:
     raise ConfigError(f"prompt {name_or_path!r}: no such file (neither a path nor one of {PROMPT_DIR}/*)")
 
 
-#: Every prompt file read in this process: resolved path -> sha256 of its bytes (a run records them, and a resumed run
-#: refuses prompt files that changed meanwhile).
-_LOADED: dict[str, str] = {}
+#: The prompt files read since :func:`start_record`: resolved path -> sha256 of their bytes (a run records them, and a
+#: resumed run refuses prompt files that changed meanwhile).
+_RECORD: dict[str, str] = {}
+#: path -> (mtime_ns, size, text, sha256): a file is read again when it changes.
+_FILES: dict[str, tuple[int, int, str, str]] = {}
+
+
+def start_record() -> None:
+    """Start recording the prompt files read (a run does, when it opens)."""
+    _RECORD.clear()
 
 
 def loaded_files() -> dict[str, str]:
-    return dict(_LOADED)
+    """The prompt files read since :func:`start_record`, with the sha256 of the content that was read."""
+    return dict(_RECORD)
 
 
-@functools.lru_cache(maxsize=256)
 def _read(path: str) -> str:
     try:
-        data = Path(path).read_bytes()
-        text = data.decode("utf-8")
+        st = Path(path).stat()
+        hit = _FILES.get(path)
+        if hit is None or hit[:2] != (st.st_mtime_ns, st.st_size):
+            data = Path(path).read_bytes()
+            hit = _FILES[path] = (st.st_mtime_ns, st.st_size, data.decode("utf-8"), hashlib.sha256(data).hexdigest())
     except OSError as e:
         raise ConfigError(f"{path}: cannot read the prompt file ({e.strerror})") from None
     except UnicodeDecodeError as e:
         raise ConfigError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    _LOADED[str(Path(path).resolve())] = hashlib.sha256(data).hexdigest()
-    return text
+    _RECORD[_resolved(path)] = hit[3]
+    return hit[2]
+
+
+@functools.lru_cache(maxsize=1024)
+def _resolved(path: str) -> str:
+    return str(Path(path).resolve())
 
 
 def load_text(name_or_path: str) -> str:
     return _read(str(prompt_path(name_or_path))).strip("\n")
 
 
-@functools.lru_cache(maxsize=256)
 def _template(path: str) -> jinja2.Template:
+    return _compile(path, _read(path))
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(path: str, text: str) -> jinja2.Template:
     try:
-        return _ENV.from_string(_read(path).strip("\n"))
+        return _ENV.from_string(text.strip("\n"))
     except jinja2.TemplateSyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: template error: {e.message}") from None
 
