@@ -22,7 +22,7 @@ class _Model(BaseModel):
 
 
 class BackendConfig(_Model):
-    kind: Literal["openai", "transformers", "vllm", "deterministic"] = "transformers"
+    kind: Literal["openai", "transformers", "vllm", "custom"] = "transformers"
     model: str = "smollm2-135m-instruct"
     #: OpenAI-compatible server(s). Several URLs spread the load by in-flight count.
     base_url: str | None = None
@@ -40,9 +40,11 @@ class BackendConfig(_Model):
     batch_size: int = Field(8, gt=0)
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine_kwargs: dict[str, Any] = {}
-    accuracy: float = Field(0.7, ge=0, le=1, description="deterministic backend only: share of correct answers")
-    delay_s: float = Field(0.0, ge=0, description="deterministic backend only: seconds per request (kill/resume tests)")
     cache: bool = True
+    #: kind custom: "package.module:callable", called as callable(model=model, **options), returning a Backend.
+    factory: str | None = None
+    #: kind custom: keyword arguments of the factory; kind transformers: engine ("auto", "evolkit", "generate"), threads.
+    options: dict[str, Any] = {}
 
     @model_validator(mode="before")
     @classmethod

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from evolkit.cli import main
+from tests.doubles import FAKE_YAML
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ BAD_SEEDS = {
 
 def _config(path: Path, seeds: Path, source: str = "gsm8k") -> Path:
     path.write_text(
-        f"name: bad\nbackend: {{kind: deterministic}}\nseeds:\n  - {{source: {source}, path: '{seeds}'}}\n"
+        f"name: bad\nbackend: {FAKE_YAML}\nseeds:\n  - {{source: {source}, path: '{seeds}'}}\n"
         f"stages:\n  sft: {{k: 1}}\n"
     )
     return path
@@ -81,10 +82,10 @@ def test_missing_seed_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
 
 
 BAD_CONFIGS = {
-    "bad_yaml": ("name: x\nbackend: {kind: deterministic\nseeds: []\n", [":3:", "invalid YAML"]),
+    "bad_yaml": ("name: x\nbackend: {kind: custom\nseeds: []\n", [":3:", "invalid YAML"]),
     "bad_yaml_indent": ("name: x\nstages:\n  sft:\n    k: 1\n   fewshot: 2\n", [":5:", "invalid YAML"]),
     "unknown_top_level_field": ("name: x\nbogus_field: 1\n", ["bogus_field", "Extra inputs are not permitted"]),
-    "unknown_backend_field": ("backend: {kind: deterministic, temprature: 0.3}\n", ["backend.temprature"]),
+    "unknown_backend_field": ("backend: {kind: transformers, temprature: 0.3}\n", ["backend.temprature"]),
     "unknown_stage_field": ("stages:\n  sft: {k: 1, kk: 2}\n", ["kk", "Extra inputs are not permitted"]),
     "unknown_stage": ("stages:\n  nosuch: {}\n", ["unknown stage 'nosuch'"]),
     "bad_value": ("sampling: {max_tokens: -5}\n", ["sampling.max_tokens", "greater than 0"]),
@@ -122,7 +123,7 @@ def test_config_not_utf8_and_missing(tmp_path: Path, capsys: pytest.CaptureFixtu
 
 def test_bad_set_overrides(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = tmp_path / "config.yaml"
-    cfg.write_text("name: x\nbackend: {kind: deterministic}\n")
+    cfg.write_text(f"name: x\nbackend: {FAKE_YAML}\n")
     for override, needles in [
         ("backend.nope=1", ["--set", "backend.nope"]),
         ("sampling.max_tokens=abc", ["--set", "sampling.max_tokens"]),

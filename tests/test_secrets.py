@@ -11,6 +11,7 @@ from evolkit.cli import main
 from evolkit.settings import SECRET_ENV_VARS
 from evolkit.store import read_parquet
 from tests.faultserver import AUTH_FAULT, FaultServer, default_reply
+from tests.doubles import FAKE_YAML
 
 
 @pytest.fixture
@@ -47,7 +48,7 @@ def _seeds(tmp_path: Path, secrets: dict[str, str]) -> Path:
 def test_deterministic_run_writes_no_secrets(tmp_path: Path, secrets: dict[str, str]) -> None:
     cfg = tmp_path / "det.yaml"
     cfg.write_text(
-        f"name: secrets\nbackend: {{kind: deterministic}}\nseeds:\n  - {{source: gsm8k, path: '{_seeds(tmp_path, secrets)}'}}\n"
+        f"name: secrets\nbackend: {FAKE_YAML}\nseeds:\n  - {{source: gsm8k, path: '{_seeds(tmp_path, secrets)}'}}\n"
         f"  - {{source: math, n: 4}}\nstages:\n  sft: {{k: 2}}\n"
     )
     assert main(["run", str(cfg), "-o", str(tmp_path / "run"), "--no-progress"]) == 0

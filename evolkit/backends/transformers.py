@@ -112,6 +112,21 @@ def _convert_gguf(path: str, gguf: str, cached: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 natively (AVX512-BF16 or AMX): there ``dtype: auto`` loads bfloat16 weights,
+    which halve the memory traffic of every decoding step and roughly halve its CPU time (docs/performance.md); SmolLM2
+    was trained in bfloat16. Elsewhere bfloat16 is emulated and slower, and ``auto`` means float32."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
 def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None = None) -> tuple[Any, Any]:
     """Load a causal LM + tokenizer; GGUF files are converted once to a cached safetensors copy."""
     import torch
@@ -128,7 +143,7 @@ def load_model_and_tokenizer(model: str, dtype: str = "auto", device: str | None
         path, gguf = str(cached), None
     torch_dtype = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
     if torch_dtype is None:
-        torch_dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        torch_dtype = torch.bfloat16 if device == "cuda" or cpu_has_bf16() else torch.float32
     tok = AutoTokenizer.from_pretrained(path)
     mdl = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype).to(device)
     mdl.eval()
