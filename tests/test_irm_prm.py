@@ -263,7 +263,7 @@ def test_second_evolver_backend(tmp_path):
            "stages": {"irm": {"n_instructions": 5, "variants": 2, "sources": ["seeds"], "swap": False}}}
     st = RunStore(build_run(tmp_path / "run", cfg))
     s = st.stage_info("irm")["summary"]
-    assert s["evolvers"] == ["evolve:smollm2-135m-instruct", "evolve:second-evolver"]
+    assert s["evolvers"] == ["evolve:deterministic", "evolve:second-evolver"]
     models = {v["evolver"]: v["model"] for v in st.load("irm", "variants")}
     assert models == {"evolve:deterministic": "deterministic", "evolve:second-evolver": "second-evolver"}
     rows = st.load("irm", "irm_rankings")
