@@ -15,7 +15,8 @@ own decoding loop over the model's forward pass, because ``model.generate`` wast
 * the cache is preallocated and written in place (``DynamicCache`` concatenates every layer's cache at every token);
 * finished rows leave the batch;
 * every sample draws its random numbers from its own generator, seeded by the request (its cache key) and the sample
-  index: a request gets the same samples whatever batch it lands in;
+  index, not from a generator shared by the batch (the same requests give the same samples; in another batch only
+  the arithmetic of other shapes can tip a token that stands on the edge);
 * torch's thread count follows the machine's measured load (``EVOLKIT_TORCH_THREADS`` overrides).
 
 ``engine="generate"`` keeps ``model.generate`` (any architecture; also the reference the benchmark compares with).
@@ -581,8 +582,8 @@ class TransformersBackend(Backend):
         return [[(gen[i * n + j], finish[i * n + j]) for j in range(n)] for i in range(b)], prefilled
 
     def _uniforms(self, reqs: Sequence[Request], s: Sampling) -> Any:
-        """[rows, max_tokens] uniform numbers, each row from its own generator seeded by (seed, request, sample): the
-        same request gets the same samples in any batch."""
+        """[rows, max_tokens] uniform numbers, each row from its own generator seeded by (seed, request, sample), so a
+        sample's random numbers do not depend on its batch."""
         import torch
 
         uni = torch.empty((len(reqs) * s.n, s.max_tokens), dtype=torch.float64)
@@ -610,8 +611,10 @@ class TransformersBackend(Backend):
         for i, p in enumerate(prompts):
             ids[i, width - len(p):] = torch.tensor(p)
             att[i, width - len(p):] = 1
-        kw: dict[str, Any] = dict(max_new_tokens=s.max_tokens, do_sample=s.temperature > 0, num_return_sequences=s.n,
-                                  pad_token_id=tok.pad_token_id)
+        # Greedy samples are all the same: generate refuses n > 1 there, so one is generated and copied.
+        copies = s.n if s.temperature > 0 else 1
+        kw: dict[str, Any] = dict(max_new_tokens=s.max_tokens, do_sample=s.temperature > 0,
+                                  num_return_sequences=copies, pad_token_id=tok.pad_token_id)
         if s.temperature > 0:
             kw.update(temperature=s.temperature, top_p=s.top_p)
             # Seeded per batch from the requests' own content: re-running the same batch gives the same samples.
@@ -624,7 +627,7 @@ class TransformersBackend(Backend):
         for i in range(len(prompts)):
             comps = []
             for j in range(s.n):
-                seq = out[i * s.n + j, width:].tolist()
+                seq = out[i * copies + j % copies, width:].tolist()
                 n_tok, finish = len(seq), "length"
                 for k, t in enumerate(seq):
                     if t in self._eos:
@@ -632,7 +635,7 @@ class TransformersBackend(Backend):
                         break
                 comps.append((seq[:n_tok], finish))
             outs.append(comps)
-        return outs, width * len(prompts) * s.n
+        return outs, width * len(prompts) * copies
 
     # -- streaming -------------------------------------------------------------------------------------------------
     def plan(self, requests: Sequence[Request]) -> list[tuple[list[int], list[list[int]], PrefixTree | None]]:
