@@ -114,7 +114,7 @@ def backend():
     return be
 
 
-def test_greedy_equals_generate_on_each_prompt_alone(backend):
+def test_greedy_equals_generate_on_each_prompt_alone(backend, monkeypatch):
     greedy = Sampling(temperature=0.0, max_tokens=12, n=1)
     reqs = [_req(q, greedy) for q in QUESTIONS[:4]]
     mdl, tok = backend._load()
@@ -133,6 +133,9 @@ def test_greedy_equals_generate_on_each_prompt_alone(backend):
     # the shared system prompt was prefilled once, not per request
     log = backend.batch_log[-1]
     assert log["prefill_tokens"] < log["prompt_tokens"] - 2 * 20
+    # the generated tokens' cache grows as needed
+    monkeypatch.setattr(tfm.DecodeState, "initial_capacity", 3)
+    assert [r.completions[0].text for r in backend.run(reqs)] == [r.completions[0].text for r in got]
 
 
 def test_sampling_is_reproducible_per_request_and_honours_the_settings(backend):

@@ -66,7 +66,10 @@ def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Ba
     elif kind == "transformers":
         from .transformers import TransformersBackend
 
-        be = TransformersBackend(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, **cfg.options)
+        try:
+            be = TransformersBackend(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, **cfg.options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"backend.options: {e} (kind transformers takes engine and threads)") from None
     elif kind == "vllm":
         from .vllm import VLLMBackend
 

@@ -233,6 +233,8 @@ class DecodeState:
 
     Row ``r`` is sample ``r % n`` of prompt ``r // n``."""
 
+    initial_capacity = 128
+
     def __init__(self, prompt_kv: list[tuple[Any, Any]], mask: Any, n: int, max_new: int):
         import torch
 
@@ -241,8 +243,25 @@ class DecodeState:
         self.bias = torch.zeros(mask.shape, dtype=torch.float32, device=k0.device).masked_fill_(~mask, float("-inf"))
         self.bias = self.bias[:, None, None, :]
         rows = k0.shape[0] * n
-        self.gen_kv = [(k.new_empty((rows, k.shape[1], max_new, k.shape[3])),
-                        v.new_empty((rows, v.shape[1], max_new, v.shape[3]))) for k, v in prompt_kv]
+        self.max_new = max_new
+        cap = min(max_new, self.initial_capacity)  # grown by doubling: a long token limit costs memory when used
+        self.gen_kv = [(k.new_empty((rows, k.shape[1], cap, k.shape[3])),
+                        v.new_empty((rows, v.shape[1], cap, v.shape[3]))) for k, v in prompt_kv]
+
+    def ensure(self, t: int) -> None:
+        """Room for generated token ``t`` (0-based)."""
+        cap = self.gen_kv[0][0].shape[2]
+        if t < cap:
+            return
+        cap = min(self.max_new, max(2 * cap, t + 1))
+        grown = []
+        for k, v in self.gen_kv:
+            k2 = k.new_empty((k.shape[0], k.shape[1], cap, k.shape[3]))
+            v2 = v.new_empty((v.shape[0], v.shape[1], cap, v.shape[3]))
+            k2[:, :, :t] = k[:, :, :t]
+            v2[:, :, :t] = v[:, :, :t]
+            grown.append((k2, v2))
+        self.gen_kv = grown
 
     def take(self, rows: Any) -> None:
         """Keep the batch rows ``rows`` (an index tensor); the prompt part is copied per row from now on (n = 1)."""
@@ -573,6 +592,7 @@ class TransformersBackend(Backend):
                         next_pos, tok_ids = next_pos[sel], tok_ids[sel]
                         active = [active[k] for k in keep]
                     state.t = t
+                    state.ensure(t)
                     out = mdl(input_ids=tok_ids[:, None], attention_mask=no_mask, position_ids=next_pos[:, None],
                               use_cache=False)
                     logits = out.logits[:, -1, :]
