@@ -450,12 +450,16 @@ class TransformersBackend(Backend):
         self._meter: LoadMeter | None = None
         self._loaded: tuple[Any, Any] | None = None
         self._eos: list[int] = []
-        self._lock = threading.Lock()  # one batch at a time: concurrent batches only fight over the cores
+        self._lock = threading.RLock()  # one load, one batch at a time: concurrent batches only fight over the cores
         #: One entry per batch (prompts, rows, tokens prefilled and generated, seconds, threads), for benchmarks.
         self.batch_log: list[dict[str, Any]] = []
 
     # -- loading ---------------------------------------------------------------------------------------------------
     def _load(self) -> tuple[Any, Any]:
+        with self._lock:
+            return self._loaded or self._load_now()
+
+    def _load_now(self) -> tuple[Any, Any]:
         if self._loaded is None:
             self._meter = LoadMeter()
             mdl, tok = load_model_and_tokenizer(self.model, self._dtype, self._device)
