@@ -192,6 +192,10 @@ _PLACES = ["market", "library", "garden", "workshop", "school fair", "harbour", 
 
 
 class DeterministicBackend(Backend):
+    """The fake: ``accuracy`` is the share of known questions answered with their gold answer, ``noise`` the share of
+    samples that stray from the backend's own consensus, ``delay`` seconds per request; ``responders`` maps task
+    prefixes to functions ``(request, sample index) -> text`` that take over those tasks."""
+
     def __init__(
         self,
         model: str = "deterministic",
@@ -338,9 +342,8 @@ class DeterministicBackend(Backend):
             comps = []
             for j in range(req.sampling.n):
                 text = self.respond(req, req.sample_offset + j)
-                comps.append(
-                    Completion(text, "stop", sum(len(m["content"]) for m in req.messages) // 4 if j == 0 else 0, len(text) // 4)
-                )
+                prompt_tokens = sum(len(m["content"]) for m in req.messages) // 4 if j == 0 else 0
+                comps.append(Completion(text, "stop", prompt_tokens, len(text) // 4))
             res = Result(comps)
             self.stats.add(res)
             yield i, res
