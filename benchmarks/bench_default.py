@@ -15,7 +15,7 @@
 Usage::
 
     .venv/bin/python benchmarks/bench_default.py recipe [--recipe PATH] [--set KEY=VALUE ...]
-    .venv/bin/python benchmarks/bench_default.py backend [--max-tokens 128] [--k 2] [--only old|new]
+    .venv/bin/python benchmarks/bench_default.py backend [--max-tokens 128] [--k 2] [--only old|new] [--batch-size N]
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ s = Sampling(temperature=cfg.sampling.temperature, top_p=cfg.sampling.top_p, max
              cfg.sampling.max_tokens, n=k, seed=cfg.sampling.seed)
 reqs = [Request(sft.build_messages(p, sft_cfg), s, task="solve") for p in problems]
 kw = dict(engine="generate", dtype="float32", threads=max(1, (os.cpu_count() or 2) // 2)) if {old!r} else {{}}
-be = TransformersBackend(cfg.backend.model, batch_size=cfg.backend.batch_size, **kw)
+be = TransformersBackend(cfg.backend.model, batch_size={batch_size} or cfg.backend.batch_size, **kw)
 t = time.time(); be._load(); load_s = time.time() - t
 r0 = resource.getrusage(resource.RUSAGE_SELF)
 t = time.time()
@@ -159,7 +159,7 @@ def bench_backend(args: argparse.Namespace) -> None:
     rows = {}
     for name in which:
         code = CHILD.format(repo=str(REPO), recipe=str(args.recipe), k=args.k, max_tokens=args.max_tokens,
-                            old=name == "old")
+                            old=name == "old", batch_size=args.batch_size)
         with Load() as load:
             res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
         line = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
@@ -192,6 +192,7 @@ def main() -> None:
     bp.add_argument("--k", type=int, default=0, help="samples per prompt (default: the recipe's sft k)")
     bp.add_argument("--max-tokens", type=int, default=0, help="default: the recipe's sampling.max_tokens")
     bp.add_argument("--only", choices=["old", "new"])
+    bp.add_argument("--batch-size", type=int, default=0, help="prompts per batch (default: the recipe's)")
     args = ap.parse_args()
     print(f"machine: {os.cpu_count()} cores; {Load.__doc__}")
     (bench_recipe if args.cmd == "recipe" else bench_backend)(args)

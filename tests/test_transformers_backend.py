@@ -192,3 +192,17 @@ def test_generate_engine_still_works(backend):
     ref = be.run(reqs)
     got = backend.run(reqs)
     assert [[c.text for c in r.completions] for r in ref] == [[c.text for c in r.completions] for r in got]
+
+
+def test_plan_groups_settings_and_folds_a_small_remainder(backend, monkeypatch):
+    a = Sampling(temperature=0.0, max_tokens=4)
+    b = Sampling(temperature=0.5, max_tokens=4)
+    reqs = [_req(q, a) for q in QUESTIONS] + [_req(q, b) for q in QUESTIONS[:2]] + [_req(QUESTIONS[0] * 3, a)]
+    monkeypatch.setattr(backend, "batch_size", 4)
+    batches = backend.plan(reqs)
+    sizes = sorted(len(idx) for idx, *_ in batches)
+    assert sizes == [2, 6]  # six of setting a (4 + a remainder of 2 folded in), two of setting b
+    for idx, prompts, _tree, _ids in batches:
+        assert len({reqs[i].sampling for i in idx}) == 1
+        assert prompts == [backend.encode(reqs[i]) for i in idx]
+    assert sorted(i for idx, *_ in batches for i in idx) == list(range(len(reqs)))

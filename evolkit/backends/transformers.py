@@ -664,7 +664,8 @@ class TransformersBackend(Backend):
     # -- streaming -------------------------------------------------------------------------------------------------
     def plan(self, requests: Sequence[Request]) -> list[tuple[list[int], list[list[int]], PrefixTree | None]]:
         """The batches: requests grouped by sampling parameters and prompt kind (a batch has one setting); within a
-        group, prompts under the same shared prefix side by side, by length (little padding); ``batch_size`` a batch."""
+        group, prompts under the same shared prefix side by side, by length (little padding); ``batch_size`` a batch
+        (a remainder of at most half a batch joins the last one)."""
         self._load()
         groups: dict[Any, list[int]] = {}
         for i, r in enumerate(requests):
@@ -677,8 +678,12 @@ class TransformersBackend(Backend):
                 order = sorted(range(len(idxs)), key=lambda k: (tree.prefix_len(k) == 0, tree.anchor[k], len(enc[k])))
             else:
                 order = sorted(range(len(idxs)), key=lambda k: len(enc[k]))
-            for a in range(0, len(order), self.batch_size):
-                part = order[a: a + self.batch_size]
+            parts = [order[a: a + self.batch_size] for a in range(0, len(order), self.batch_size)]
+            if len(parts) > 1 and len(parts[-1]) <= self.batch_size // 2:
+                # A small remainder joins the batch before it: a decoding pass costs nearly as much for a few rows
+                # as for a full batch (each step reads all the weights).
+                parts[-2:] = [parts[-2] + parts[-1]]
+            for part in parts:
                 batches.append(([idxs[k] for k in part], [enc[k] for k in part], tree, part))
         return batches
 
