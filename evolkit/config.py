@@ -43,7 +43,7 @@ class BackendConfig(_Model):
     cache: bool = True
     #: kind custom: "package.module:callable", called as callable(model=model, **options), returning a Backend.
     factory: str | None = None
-    #: kind custom: keyword arguments of the factory; kind transformers: engine ("auto", "evolkit", "generate"), threads.
+    #: kind custom: keyword arguments of the factory; kind transformers: engine (auto, evolkit, generate), threads.
     options: dict[str, Any] = {}
 
     @model_validator(mode="before")

@@ -317,7 +317,7 @@ def _use_decode_attention(mdl: Any) -> None:
 
 
 def _extend(mdl: Any, kv: KV | None, tokens: Sequence[int]) -> tuple[KV, Any]:
-    """Run ``tokens`` (one sequence) after the cached ``kv``: returns the longer cache and the last position's logits."""
+    """Run ``tokens`` (one sequence) after the cached ``kv``; returns the longer cache and the last logits."""
     import torch
     from transformers.cache_utils import DynamicCache
 
