@@ -78,6 +78,14 @@ def test_prefix_tree_shares_nested_prefixes_once():
     assert [tree.length[n] for n in roots] == [len(system)]
 
 
+def test_length_groups_cut_where_padding_costs_more_than_a_group():
+    assert tfm.length_groups([100] * 6) == [(0, 6)]
+    assert tfm.length_groups([200, 210, 220, 230, 240, 1300], overhead=512) == [(0, 5), (5, 6)]
+    runs = tfm.length_groups([10, 20, 400, 410, 3000, 3100], overhead=100)
+    assert runs == [(0, 2), (2, 4), (4, 6)]
+    assert tfm.length_groups([5]) == [(0, 1)]
+
+
 def test_threads_follow_the_measured_load(monkeypatch):
     assert tfm.threads_for_load(0.0, cores=2) == 2
     assert tfm.threads_for_load(0.2, cores=2) == 2
@@ -116,7 +124,8 @@ def backend():
 
 def test_greedy_equals_generate_on_each_prompt_alone(backend, monkeypatch):
     greedy = Sampling(temperature=0.0, max_tokens=12, n=1)
-    reqs = [_req(q, greedy) for q in QUESTIONS[:4]]
+    long_q = " ".join(QUESTIONS) * 4 + " What is the first number mentioned?"  # its own length group
+    reqs = [_req(q, greedy) for q in QUESTIONS[:4]] + [_req(long_q, greedy)]
     mdl, tok = backend._load()
     got = backend.run(reqs)
     for r, res in zip(reqs, got):

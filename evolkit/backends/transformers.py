@@ -223,30 +223,56 @@ _LOCAL = threading.local()
 ATTENTION = "evolkit_decode"
 
 
+def length_groups(lengths: Sequence[int], overhead: int = 512) -> list[tuple[int, int]]:
+    """Cut prompts sorted by length into runs ``[start, end)`` that are each padded to their longest: the fewest
+    key/value columns read per step (a run costs ``len * longest`` plus ``overhead`` for its own matrix products), so
+    one long prompt does not make every prompt of its batch as long."""
+    b = len(lengths)
+    best = [0.0] + [float("inf")] * b
+    cut = [0] * (b + 1)
+    for i in range(1, b + 1):
+        for j in range(i):
+            c = best[j] + (i - j) * lengths[i - 1] + overhead
+            if c < best[i]:
+                best[i], cut[i] = c, j
+    runs, i = [], b
+    while i > 0:
+        runs.append((cut[i], i))
+        i = cut[i]
+    return runs[::-1]
+
+
+class _PromptGroup:
+    """Prompts of similar length, right-aligned in a cache as wide as the longest: per layer ``(keys, values)`` of shape
+    ``[prompts, kv heads, width, head dim]`` and an additive mask ``[prompts, 1, 1, width]`` over the padding."""
+
+    def __init__(self, kv: KV, bias: Any):
+        self.kv, self.bias = kv, bias
+
+    @property
+    def prompts(self) -> int:
+        return int(self.bias.shape[0])
+
+
 class DecodeState:
     """The key/value cache of a decoding batch, in two parts that attention reads separately:
 
-    * the prompts: ``[prompts, kv heads, width, head dim]`` per layer, right-aligned (``mask`` hides the padding), read
-      once per prompt for its ``n`` sample rows (not copied per row);
+    * the prompts, in groups of similar length (:func:`length_groups`), each prompt read once for its ``n`` sample
+      rows (not copied per row);
     * the generated tokens: ``[rows, kv heads, max_new, head dim]`` per layer, written in place, column ``t`` at step
       ``t`` (no concatenation per token).
 
-    Row ``r`` is sample ``r % n`` of prompt ``r // n``."""
+    Rows follow the groups' prompts in order; row ``r`` of a group is sample ``r % n`` of its prompt ``r // n``."""
 
     initial_capacity = 128
 
-    def __init__(self, prompt_kv: list[tuple[Any, Any]], mask: Any, n: int, max_new: int):
-        import torch
-
-        self.prompt_kv, self.n, self.t = prompt_kv, n, 0
-        k0 = prompt_kv[0][0]
-        self.bias = torch.zeros(mask.shape, dtype=torch.float32, device=k0.device).masked_fill_(~mask, float("-inf"))
-        self.bias = self.bias[:, None, None, :]
-        rows = k0.shape[0] * n
+    def __init__(self, groups: list[_PromptGroup], n: int, max_new: int):
+        self.groups, self.n, self.t = groups, n, 0
+        rows = sum(g.prompts for g in groups) * n
         self.max_new = max_new
         cap = min(max_new, self.initial_capacity)  # grown by doubling: a long token limit costs memory when used
         self.gen_kv = [(k.new_empty((rows, k.shape[1], cap, k.shape[3])),
-                        v.new_empty((rows, v.shape[1], cap, v.shape[3]))) for k, v in prompt_kv]
+                        v.new_empty((rows, v.shape[1], cap, v.shape[3]))) for k, v in groups[0].kv]
 
     def ensure(self, t: int) -> None:
         """Room for generated token ``t`` (0-based)."""
@@ -264,10 +290,16 @@ class DecodeState:
         self.gen_kv = grown
 
     def take(self, rows: Any) -> None:
-        """Keep the batch rows ``rows`` (an index tensor); the prompt part is copied per row from now on (n = 1)."""
-        prompts = rows // self.n
-        self.prompt_kv = [(k[prompts], v[prompts]) for k, v in self.prompt_kv]
-        self.bias = self.bias[prompts]
+        """Keep the batch rows ``rows`` (an increasing index tensor); prompts are copied per row from now on (n = 1)."""
+        groups, start = [], 0
+        for g in self.groups:
+            end = start + g.prompts * self.n
+            sel = rows[(rows >= start) & (rows < end)]
+            if len(sel):
+                prompts = (sel - start) // self.n
+                groups.append(_PromptGroup([(k[prompts], v[prompts]) for k, v in g.kv], g.bias[prompts]))
+            start = end
+        self.groups = groups
         self.gen_kv = [(k[rows], v[rows]) for k, v in self.gen_kv]
         self.n = 1
 
@@ -275,24 +307,31 @@ class DecodeState:
         """Attention of one new token per row over its prompt and its generated tokens: ``[rows, 1, heads, dim]``."""
         import torch
 
-        kp, vp = self.prompt_kv[layer]
         kg, vg = self.gen_kv[layer]
         t = self.t
         kg[:, :, t] = key[:, :, 0]
         vg[:, :, t] = value[:, :, 0]
         rows, heads, _, dim = query.shape
-        b, kv_heads, width, _ = kp.shape
+        kv_heads = kg.shape[1]
         n, g = self.n, heads // kv_heads
-        q = query.reshape(rows, kv_heads, g, dim)  # query head h reads key/value head h // g
-        qp = q.view(b, n, kv_heads, g, dim).transpose(1, 2).reshape(b, kv_heads, n * g, dim)
-        sp = torch.matmul(qp, kp.transpose(-1, -2)).float().mul_(scaling).add_(self.bias)
-        sg = torch.matmul(q, kg[:, :, : t + 1].transpose(-1, -2)).float().mul_(scaling)
-        sg = sg.view(b, n, kv_heads, g, t + 1).transpose(1, 2).reshape(b, kv_heads, n * g, t + 1)
-        p = torch.softmax(torch.cat([sp, sg], dim=-1), dim=-1).to(query.dtype)
-        out = torch.matmul(p[..., :width], vp)  # [b, kv heads, n * g, dim]
-        out = out.view(b, kv_heads, n, g, dim).transpose(1, 2).reshape(rows, kv_heads, g, dim)
-        pg = p[..., width:].reshape(b, kv_heads, n, g, t + 1).transpose(1, 2).reshape(rows, kv_heads, g, t + 1)
-        out = out + torch.matmul(pg, vg[:, :, : t + 1])
+        q_all = query.reshape(rows, kv_heads, g, dim)  # query head h reads key/value head h // g
+        outs, start = [], 0
+        for grp in self.groups:
+            kp, vp = grp.kv[layer]
+            b, width = kp.shape[0], kp.shape[2]
+            q = q_all[start: start + b * n]
+            kr, vr = kg[start: start + b * n, :, : t + 1], vg[start: start + b * n, :, : t + 1]
+            qp = q.reshape(b, n, kv_heads, g, dim).transpose(1, 2).reshape(b, kv_heads, n * g, dim)
+            sp = torch.matmul(qp, kp.transpose(-1, -2)).float().mul_(scaling).add_(grp.bias)
+            sg = torch.matmul(q, kr.transpose(-1, -2)).float().mul_(scaling)
+            sg = sg.view(b, n, kv_heads, g, t + 1).transpose(1, 2).reshape(b, kv_heads, n * g, t + 1)
+            p = torch.softmax(torch.cat([sp, sg], dim=-1), dim=-1).to(query.dtype)
+            out = torch.matmul(p[..., :width], vp)  # [b, kv heads, n * g, dim]
+            out = out.view(b, kv_heads, n, g, dim).transpose(1, 2).reshape(b * n, kv_heads, g, dim)
+            pg = p[..., width:].reshape(b, kv_heads, n, g, t + 1).transpose(1, 2).reshape(b * n, kv_heads, g, t + 1)
+            outs.append(out + torch.matmul(pg, vr))
+            start += b * n
+        out = outs[0] if len(outs) == 1 else torch.cat(outs)
         return out.reshape(rows, 1, heads, dim)
 
 
@@ -529,6 +568,7 @@ class TransformersBackend(Backend):
         n, b, dev, max_new = s.n, len(prompts), mdl.device, s.max_tokens
         prefilled = 0
         with torch.inference_mode():
+            order = sorted(range(b), key=lambda i: len(prompts[i]))
             caches: list[KV] = []
             last: list[Any] = []
             for i, p in zip(ids, prompts):
@@ -538,27 +578,32 @@ class TransformersBackend(Backend):
                 tree.done(i)
                 caches.append(kv_i)
                 last.append(logits_i)
-            # The prompts' cache for the batch, right-aligned at column `width`.
-            width = max(len(p) for p in prompts)
-            mask = torch.zeros((b, width), dtype=torch.bool, device=dev)
-            for i, p in enumerate(prompts):
-                mask[i, width - len(p):] = True
-            prompt_kv = []
-            for li in range(len(caches[0])):
-                k0, v0 = caches[0][li]
-                kb = k0.new_zeros((b, k0.shape[1], width, k0.shape[3]))
-                vb = v0.new_zeros((b, v0.shape[1], width, v0.shape[3]))
-                for i, p in enumerate(prompts):
-                    kb[i, :, width - len(p):] = caches[i][li][0][0]
-                    vb[i, :, width - len(p):] = caches[i][li][1][0]
-                prompt_kv.append((kb, vb))
+            # The prompts' cache, in groups of similar length (each right-aligned at its longest).
+            groups = []
+            for lo, hi in length_groups([len(prompts[i]) for i in order]):
+                members = order[lo:hi]
+                width = max(len(prompts[i]) for i in members)
+                bias = torch.full((len(members), 1, 1, width), float("-inf"), dtype=torch.float32, device=dev)
+                kv = []
+                for li in range(len(caches[0])):
+                    k0, v0 = caches[0][li]
+                    kb = k0.new_zeros((len(members), k0.shape[1], width, k0.shape[3]))
+                    vb = v0.new_zeros((len(members), v0.shape[1], width, v0.shape[3]))
+                    for m, i in enumerate(members):
+                        kb[m, :, width - len(prompts[i]):] = caches[i][li][0][0]
+                        vb[m, :, width - len(prompts[i]):] = caches[i][li][1][0]
+                    kv.append((kb, vb))
+                for m, i in enumerate(members):
+                    bias[m, ..., width - len(prompts[i]):] = 0.0
+                groups.append(_PromptGroup(kv, bias))
             del caches
-            state = DecodeState(prompt_kv, mask, n, max_new)
-            del prompt_kv
+            state = DecodeState(groups, n, max_new)
+            del groups
             rows = b * n
-            logits = torch.stack(last).repeat_interleave(n, dim=0)
-            next_pos = torch.tensor([len(p) for p in prompts], device=dev).repeat_interleave(n)
-            uni = self._uniforms(reqs, s).to(dev) if s.temperature > 0 else None
+            # Row r is sample r % n of prompt order[r // n].
+            logits = torch.stack([last[i] for i in order]).repeat_interleave(n, dim=0)
+            next_pos = torch.tensor([len(prompts[i]) for i in order], device=dev).repeat_interleave(n)
+            uni = self._uniforms([reqs[i] for i in order], s).to(dev) if s.temperature > 0 else None
             gen: list[list[int]] = [[] for _ in range(rows)]
             finish = ["length"] * rows
             active = list(range(rows))  # the original row of each row in the batch
@@ -603,7 +648,8 @@ class TransformersBackend(Backend):
                     next_pos = next_pos + 1
             finally:
                 _LOCAL.state = None
-        return [[(gen[i * n + j], finish[i * n + j]) for j in range(n)] for i in range(b)], prefilled
+        row_of = {i: r for r, i in enumerate(order)}
+        return [[(gen[row_of[i] * n + j], finish[row_of[i] * n + j]) for j in range(n)] for i in range(b)], prefilled
 
     def _uniforms(self, reqs: Sequence[Request], s: Sampling) -> Any:
         """[rows, max_tokens] uniform numbers, each row from its own generator seeded by (seed, request, sample), so a
