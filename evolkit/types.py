@@ -58,6 +58,8 @@ class BackendConfig(_Model):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     engine_kwargs: dict[str, Any] = {}
     #: kind custom: ``"package.module:callable"``, called as ``callable(model=..., **options)``; returns a Backend.
+    #: options: kind custom: the keyword arguments of the factory; kind transformers: engine (auto, evolkit, generate),
+    #: threads.
     factory: str | None = None
     options: dict[str, Any] = {}
     cache: bool = True

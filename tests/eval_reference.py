@@ -38,7 +38,10 @@ class ReferenceBackend(Backend):
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
         for i, r in enumerate(requests):
             self.requests.append(r)
-            item = self.items.get(r.meta.get("id", ""))
+            prompt = "".join(m.get("content", "") for m in r.messages)
+            # The item whose question the prompt asks (the longest that appears: no question is part of another's).
+            item = max((it for it in self.items.values() if it.question in prompt), key=lambda it: len(it.question),
+                       default=None)
             if item is None:
                 res = Result(error="unknown problem")
             else:

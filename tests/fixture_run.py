@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from evolkit.records import EvolExample, IRMPair, IRMRanking, PRMExample, RankedVariant
+from tests.doubles import fake_backend
 
 OPEN_DOMAIN = [
     {"instruction": f"Open question {i}: why is the sky blue at noon on day {i}?", "context": "" if i % 2 else
@@ -52,7 +53,7 @@ def run_config(root: Path, n: int = 15, open_domain: bool = True) -> dict[str, A
     if "evolve" in stages:
         stages["evolve"]["decontamination"] = {"test_files": [str(test_path)]}
     return {
-        "name": "fixture", "seed": 0, "backend": {"kind": "deterministic", "model": "det-teacher"},
+        "name": "fixture", "seed": 0, "backend": fake_backend("det-teacher"),
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256},
         "seeds": [{"source": "gsm8k", "n": n}, {"source": "math", "n": n}],
         "stages": stages,

@@ -13,7 +13,8 @@ import pytest
 
 from evolkit import metrics
 from evolkit.backends import Sampling
-from evolkit.backends.deterministic import DeterministicBackend
+from tests.doubles import FAKE_YAML
+from tests.doubles.deterministic import DeterministicBackend, prm_prompt, prompt_of
 from evolkit.settings import data_dir
 from evolkit.stages import prm
 
@@ -96,7 +97,7 @@ HAND_ROWS = [  # PRM800K stepwise-critique rows
 
 def rule_judge(req, k):
     """incorrect if a step says "wrong", neutral if it says "Maybe", else correct; no JSON for "garble"."""
-    steps = req.meta["steps"]
+    steps = prm_prompt(prompt_of(req)).steps
     if any("garble" in s for s in steps):
         return "I cannot tell."
     labels = ["incorrect" if "wrong" in s else "neutral" if "Maybe" in s else "correct" for s in steps]
@@ -162,7 +163,8 @@ def test_calibrate_shared_prm800k_all_correct_judge():
     assert len(rows) == 5339
 
     def all_correct(req, k):
-        return json.dumps({"steps": [{"step": i + 1, "label": "correct"} for i in range(len(req.meta["steps"]))]})
+        n = len(prm_prompt(prompt_of(req)).steps)
+        return json.dumps({"steps": [{"step": i + 1, "label": "correct"} for i in range(n)]})
 
     rep = prm.calibrate(DeterministicBackend(responders={"judge:prm": all_correct}), rows, prm.Config())
     assert rep["judged"] == 5339 and rep["parse_failures"] == {}
@@ -198,7 +200,7 @@ def test_calibrate_command(hand_file, tmp_path, capsys):
     from evolkit.cli import main
 
     cfg = tmp_path / "cfg.yaml"
-    cfg.write_text("name: cal\nbackend: {kind: deterministic}\n")
+    cfg.write_text(f"name: cal\nbackend: {FAKE_YAML}\n")
     out = tmp_path / "run"
     assert main(["calibrate", "prm", str(cfg), "--data", str(hand_file), "-o", str(out), "--no-progress"]) == 0
     text = capsys.readouterr().out

@@ -32,9 +32,9 @@ import pytest
 
 from evolkit import wizardmath_checker as wm
 from evolkit.answers import AnswerChecker
-from evolkit.backends.deterministic import DeterministicBackend
 from evolkit.contamination import contamination_report
 from evolkit.errors import EvolkitError
+from tests.doubles.deterministic import DeterministicBackend
 from evolkit.eval import (
     EvalSettings,
     load_benchmark,
@@ -287,7 +287,7 @@ def test_default_protocol_names_where_it_departs_from_the_paper(tmp_path, checke
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Runs with the deterministic backend: files, n > 1, resume rules
+# Runs with the deterministic fake backend (tests/doubles): files, n > 1, resume rules
 # ----------------------------------------------------------------------------------------------------------------
 
 
@@ -296,9 +296,9 @@ def _rows(out: Path) -> list[dict]:
 
 
 def test_deterministic_run_with_samples(tmp_path, checker):
-    s = EvalSettings(model="det", bench="math", backend="deterministic", sample=40, n=4)
+    s = EvalSettings(model="det", bench="math", backend="custom", sample=40, n=4)
     summary = run_eval(s, tmp_path / "e", checker="both", show_progress=False, answer_checker=checker,
-                       backend_options={"accuracy": 0.5})
+                       backend=DeterministicBackend("det", accuracy=0.5))
     out = tmp_path / "e"
     assert summary["settings"]["temperature"] == 0.7 and summary["settings"]["max_tokens"] == 2048
     assert summary["problems"] == 40 and summary["samples"] == 160
@@ -321,23 +321,27 @@ def test_deterministic_run_with_samples(tmp_path, checker):
 
 
 def test_resume_rules(tmp_path, checker):
-    s = EvalSettings(model="det", bench="gsm8k", backend="deterministic", limit=5)
-    run_eval(s, tmp_path / "e", show_progress=False, answer_checker=checker, plot=False)
+    s = EvalSettings(model="det", bench="gsm8k", backend="custom", limit=5)
+    run_eval(s, tmp_path / "e", show_progress=False, answer_checker=checker, plot=False,
+             backend=DeterministicBackend("det"))
     with pytest.raises(EvolkitError, match="--resume"):
-        run_eval(s, tmp_path / "e", show_progress=False, answer_checker=checker, plot=False)
-    s2 = EvalSettings(model="det", bench="gsm8k", backend="deterministic", limit=5, max_tokens=100)
+        run_eval(s, tmp_path / "e", show_progress=False, answer_checker=checker, plot=False,
+                 backend=DeterministicBackend("det"))
+    s2 = EvalSettings(model="det", bench="gsm8k", backend="custom", limit=5, max_tokens=100)
     with pytest.raises(EvolkitError, match="max_tokens"):
-        run_eval(s2, tmp_path / "e", resume=True, show_progress=False, answer_checker=checker, plot=False)
+        run_eval(s2, tmp_path / "e", resume=True, show_progress=False, answer_checker=checker, plot=False,
+                 backend=DeterministicBackend("det"))
     # A finished run resumes without a backend at all (re-scores only).
     class NoBackend(DeterministicBackend):
         async def stream(self, requests):
             raise AssertionError("nothing should be generated")
             yield  # pragma: no cover
 
-    summary = run_eval(s, tmp_path / "e", resume=True, backend=NoBackend(), show_progress=False,
+    summary = run_eval(s, tmp_path / "e", resume=True, backend=NoBackend("det"), show_progress=False,
                        answer_checker=checker, plot=False)
     assert summary["samples"] == 5
-    run_eval(s2, tmp_path / "e", force=True, show_progress=False, answer_checker=checker, plot=False)
+    run_eval(s2, tmp_path / "e", force=True, show_progress=False, answer_checker=checker, plot=False,
+             backend=DeterministicBackend("det"))
     assert json.loads((tmp_path / "e" / "eval.json").read_text())["settings"]["max_tokens"] == 100
 
 
@@ -345,10 +349,12 @@ KILL_SCRIPT = textwrap.dedent(
     """
     import sys
     from evolkit.eval import EvalSettings, run_eval
+    from tests.doubles.deterministic import DeterministicBackend
 
     if __name__ == "__main__":
-        s = EvalSettings(model="det", bench="gsm8k", backend="deterministic", limit=int(sys.argv[2]))
-        run_eval(s, sys.argv[1], resume=True, show_progress=False, plot=False, backend_options={"delay_s": 0.15})
+        s = EvalSettings(model="det", bench="gsm8k", backend="custom", limit=int(sys.argv[2]))
+        run_eval(s, sys.argv[1], resume=True, show_progress=False, plot=False,
+                 backend=DeterministicBackend("det", delay=0.15))
     """
 )
 
@@ -383,12 +389,13 @@ def test_resume_after_sigkill_redoes_nothing(tmp_path, checker):
             async for x in super().stream(requests):
                 yield x
 
-    be = Counting()
-    s = EvalSettings(model="det", bench="gsm8k", backend="deterministic", limit=n)
+    be = Counting("det")
+    s = EvalSettings(model="det", bench="gsm8k", backend="custom", limit=n)
     resumed = run_eval(s, out, resume=True, backend=be, show_progress=False, answer_checker=checker, plot=False)
     assert not set(be.seen) & done  # nothing finished was generated again
     assert len(be.seen) <= n - len(done)
-    straight = run_eval(s, tmp_path / "straight", show_progress=False, answer_checker=checker, plot=False)
+    straight = run_eval(s, tmp_path / "straight", show_progress=False, answer_checker=checker, plot=False,
+                        backend=DeterministicBackend("det"))
     key = lambda r: (r["id"], r["sample"], r["completion"], r["correct"], r["wm_correct"])  # noqa: E731
     assert [key(r) for r in _rows(out)] == [key(r) for r in _rows(tmp_path / "straight")]
     assert resumed["scores"] == straight["scores"]

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evolkit.backends.deterministic import DeterministicBackend
+from tests.doubles import fake_backend
+from tests.doubles.deterministic import DeterministicBackend, question_of
 from evolkit.config import RunConfig
 from evolkit.pipeline import Context, run_all, run_stage
 from evolkit.records import EvolExample, Problem, SFTExample, Solution
@@ -126,7 +127,7 @@ def eight_rounds(tmp_path_factory):
     head_lines(DATA / "gsm8k" / "train.jsonl", tmp / "seeds" / "gsm8k" / "train.jsonl", 500)
     head_lines(DATA / "math" / "train.jsonl", tmp / "seeds" / "math" / "train.jsonl", 500)
     cfg = RunConfig.model_validate({
-        "name": "evolve8", "seed": 0, "backend": {"kind": "deterministic"},
+        "name": "evolve8", "seed": 0, "backend": fake_backend(),
         "seeds": [{"source": "gsm8k", "path": str(tmp / "seeds" / "gsm8k")},
                   {"source": "math", "path": str(tmp / "seeds" / "math")}],
         "stages": {"sft": {"k": 2}, "evolve": {}},
@@ -228,7 +229,7 @@ def _planted_seeds(path: Path) -> list[dict]:
 
 def _evolve_responder(seeds: dict[str, str], base: DeterministicBackend):
     def fn(req, k):
-        q = req.meta["question"]
+        q = question_of(req)
         for key, text in PLANTS.items():
             if q.startswith(f"PLANT {key}:"):
                 return text
@@ -246,7 +247,7 @@ def _evolve_responder(seeds: dict[str, str], base: DeterministicBackend):
 
 def _solve_responder(base: DeterministicBackend):
     def fn(req, k):
-        q = req.meta["question"]
+        q = question_of(req)
         if "NOANSWER" in q:
             return "Step 1: I am not sure.\n\nStep 2: It depends."
         if "SPLIT" in q:
@@ -270,7 +271,7 @@ def test_planted_failures_are_eliminated_with_their_reason(tmp_path):
     testfile.parent.mkdir()
     testfile.write_text(json.dumps({"question": TEST_PROBLEM}) + "\n")
     cfg = RunConfig.model_validate({
-        "backend": {"kind": "deterministic"},
+        "backend": fake_backend(),
         "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
         "stages": {"evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 1.0, "operations": {"add_constraints": 1}}],
@@ -310,8 +311,8 @@ def test_flag_mode_llm_check_and_second_evolver(tmp_path):
     rows = _planted_seeds(tmp_path / "seeds" / "train.jsonl")
     seeds = {r["id"]: r["question"] for r in rows}
     cfg = RunConfig.model_validate({
-        "backend": {"kind": "deterministic"},
-        "evolver_backend": {"kind": "deterministic", "model": "det-evolver-2"},
+        "backend": fake_backend(),
+        "evolver_backend": fake_backend("det-evolver-2"),
         "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
         "stages": {"sft": {"k": 1}, "evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 2.0}],
@@ -320,7 +321,10 @@ def test_flag_mode_llm_check_and_second_evolver(tmp_path):
         }},
     })
     base = DeterministicBackend()
-    checks = {"check:": lambda req, k: "No" if "Lena reads 14" in req.meta["parent"] else "Yes, it is."}
+    def parent_of(req) -> str:  # the check prompt's "Original problem:" part (evolkit/prompts/check_info_gain.jinja)
+        return req.messages[-1]["content"].split("Original problem:")[1].split("Rewritten problem:")[0]
+
+    checks = {"check:": lambda req, k: "No" if "Lena reads 14" in parent_of(req) else "Yes, it is."}
     be = DeterministicBackend(responders={"evolve:": _evolve_responder(seeds, base), "solve": _solve_responder(base),
                                           **checks})
     with _context_with(cfg, tmp_path / "run", be) as ctx:
@@ -344,7 +348,7 @@ def test_topup_passes_fill_the_plan(tmp_path):
     """Half of the evolutions are refusals: extra passes make up the difference."""
     _planted_seeds(tmp_path / "seeds" / "train.jsonl")
     cfg = RunConfig.model_validate({
-        "backend": {"kind": "deterministic"},
+        "backend": fake_backend(),
         "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
         "stages": {"evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 1.5, "operations": {"concretize": 1}}],
@@ -370,7 +374,7 @@ def test_topup_passes_fill_the_plan(tmp_path):
 # ------------------------------------------------------------------------------------------------------ resume
 RESUME_CFG = {
     "name": "resume", "seed": 3,
-    "backend": {"kind": "deterministic", "delay_s": 0.01},
+    "backend": fake_backend(delay=0.01),
     "seeds": [{"source": "gsm8k", "n": 50}, {"source": "math", "n": 30}],
     "stages": {"sft": {"k": 2}, "evolve": {
         "rounds": [{"pool": "seeds", "children_per_parent": 0.7}, {"pool": "previous", "children_per_parent": 1.0},
@@ -414,7 +418,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     # Resume from the run folder's own config (without the per-request delay).
     res = subprocess.run(
         [sys.executable, "-m", "evolkit.cli", "evolve", "-o", str(killed), "--resume", "--no-progress",
-         "--set", "backend.delay_s=0"],
+         "--set", "backend.options.delay=0"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -425,7 +429,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     assert len(rows2) == len({r["id"] for r in rows2})  # nothing was evolved twice
     # The uninterrupted reference run.
     ref_cfg = json.loads(json.dumps(RESUME_CFG))
-    ref_cfg["backend"]["delay_s"] = 0
+    ref_cfg["backend"]["options"]["delay"] = 0
     ref = tmp_path / "ref"
     run_all(RunConfig.model_validate(ref_cfg), ref, stages=["evolve"], show_progress=False)
     for name in ("problems", "evol", "solutions", "eliminated", "sft"):

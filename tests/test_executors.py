@@ -21,6 +21,7 @@ import yaml
 from evolkit.cli import main
 from evolkit.config import RunConfig
 from evolkit.store import read_parquet
+from tests.doubles import fake_backend
 
 if os.environ.get("CI") is None:
     ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'evolkit[ray]'); CI installs it")
@@ -30,8 +31,8 @@ else:  # in CI a missing Ray is a failure, not a skip
 RUN_CONFIG = {
     "name": "executors",
     "seed": 0,
-    "backend": {"kind": "deterministic", "model": "det-teacher"},
-    "evolver_backend": {"kind": "deterministic", "model": "det-evolver-2"},
+    "backend": fake_backend("det-teacher"),
+    "evolver_backend": fake_backend("det-evolver-2"),
     "seeds": [{"source": "gsm8k", "n": 8}, {"source": "math", "n": 8}],
     "stages": {
         "sft": {"k": 3, "fewshot": 1},
@@ -149,7 +150,7 @@ def test_ray_resume_from_half_written_shard_sends_only_the_rest(tmp_path: Path, 
     cfg = RunConfig.model_validate({**RUN_CONFIG, "stages": {"sft": RUN_CONFIG["stages"]["sft"]},
                                     "executor": RAY_EXECUTOR})
     results = run_all(cfg, run_dir, show_progress=False)
-    stats = results["_backend"]["deterministic:det-teacher"]
+    stats = results["_backend"]["custom:det-teacher"]
     n_problems = len(read_parquet(run_dir / "seeds" / "problems.parquet"))
     assert stats["requests"] == n_problems - len(done_pids) and stats["cached"] == 0
     for name in ("solutions", "sft", "dropped"):
@@ -161,7 +162,7 @@ def test_ray_resume_from_half_written_shard_sends_only_the_rest(tmp_path: Path, 
     for shard in (run_dir / "sft").glob("*.jsonl"):
         shard.unlink()
     results = run_all(cfg, run_dir, force=True, show_progress=False)
-    stats = results["_backend"]["deterministic:det-teacher"]
+    stats = results["_backend"]["custom:det-teacher"]
     assert stats["requests"] == n_problems and stats["cached"] == n_problems - len(done_pids)
     assert read_parquet(run_dir / "sft" / "solutions.parquet") == read_parquet(local_run / "sft" / "solutions.parquet")
 
@@ -173,7 +174,7 @@ def test_dead_worker_fails_its_unfinished_requests_and_loses_none(ray_local) -> 
 
     ex = RayExecutor(ExecutorConfig(kind="ray", shards=2, num_cpus_per_task=0.5, batch_size=1, batch_seconds=0.01,
                                     checker_workers=1))
-    be = RayBackend(BackendConfig(kind="deterministic", model="slow", delay_s=0.05, cache=False), ex)
+    be = RayBackend(BackendConfig(**fake_backend("slow", delay=0.05), cache=False), ex)
     reqs = [Request([{"role": "user", "content": f"What is {i} + 1?"}], Sampling(max_tokens=8)) for i in range(60)]
 
     async def go() -> list[tuple[int, object]]:
@@ -197,26 +198,27 @@ def test_dead_worker_fails_its_unfinished_requests_and_loses_none(ray_local) -> 
 
 @pytest.mark.parametrize("kind", ["local", "ray"])
 def test_a_failing_row_maker_fails_the_step_in_both_executors(tmp_path: Path, kind: str, request) -> None:
+    import functools
+
     from evolkit.backends import Request, Sampling
-    from evolkit.executors import Step, run_step
     from evolkit.pipeline import Context
     from evolkit.records import Problem
     from evolkit.stages.sft import solution_rows
+    from evolkit.types import Step
 
     if kind == "ray":
         request.getfixturevalue("ray_local")
-    cfg = RunConfig.model_validate({"backend": {"kind": "deterministic"}, "stages": {},
+    cfg = RunConfig.model_validate({"backend": fake_backend(), "stages": {},
                                     "executor": RAY_EXECUTOR if kind == "ray" else {"kind": "local"}})
     probs = [Problem(id=f"p{i}", root_id=f"p{i}", source="gsm8k", question=f"What is {i} + 1?", gold_answer=str(i + 1))
              for i in range(6)]
-    items: list = [(p, p.gold_answer, True, {}) for p in probs]
-    items[4] = "not a tuple of four"  # the row maker cannot unpack it
-    reqs = [Request([{"role": "user", "content": p.question}], Sampling(max_tokens=8), task="solve",
-                    meta={"question": p.question, "gold": p.gold_answer}) for p in probs]
-
-    async def go(ctx: Context) -> list:
-        return [x async for x in run_step(ctx, Step("main", reqs, items, solution_rows))]
+    items: list = [(p, p.gold_answer) for p in probs]
+    items[4] = (probs[4], probs[4].gold_answer, "one too many")  # the row maker cannot unpack it
+    step = Step("main", items, key=lambda it: it[0].id,
+                request=lambda it: Request([{"role": "user", "content": it[0].question}], Sampling(max_tokens=8),
+                                           task="solve"),
+                make_rows=functools.partial(solution_rows, drop_truncated=True, sampling={}))
 
     with Context.open(cfg, tmp_path / "run", show_progress=False) as ctx:
         with pytest.raises(ValueError, match="unpack"):
-            asyncio.run(go(ctx))
+            asyncio.run(ctx.generate("sft", "solutions", step))

@@ -14,11 +14,12 @@ from evolkit.judging import JudgeParseError, find_json_object
 from evolkit.records import IRMPair, IRMRanking, PRMExample
 from evolkit.stages.irm import parse_irm_judgement
 from evolkit.stages.prm import parse_prm_judgement
+from tests.doubles import fake_backend
 
 RUN_CONFIG = {
     "name": "irmprm",
     "seed": 0,
-    "backend": {"kind": "deterministic"},
+    "backend": fake_backend(),
     "seeds": [{"source": "gsm8k", "n": 10}, {"source": "math", "n": 10}],
     "stages": {
         "sft": {"k": 4, "fewshot": 0},
@@ -256,15 +257,15 @@ def test_second_evolver_backend(tmp_path):
     """With evolver_backend configured, the second evolver is that model (same prompt style), not a second style."""
     from evolkit.store import RunStore
 
-    cfg = {"name": "evo2", "backend": {"kind": "deterministic"},
-           "evolver_backend": {"kind": "deterministic", "model": "second-evolver"},
+    cfg = {"name": "evo2", "backend": fake_backend(),
+           "evolver_backend": fake_backend("second-evolver"),
            "seeds": [{"source": "gsm8k", "n": 5}],
            "stages": {"irm": {"n_instructions": 5, "variants": 2, "sources": ["seeds"], "swap": False}}}
     st = RunStore(build_run(tmp_path / "run", cfg))
     s = st.stage_info("irm")["summary"]
-    assert s["evolvers"] == ["evolve:smollm2-135m-instruct", "evolve:second-evolver"]
+    assert s["evolvers"] == ["evolve:deterministic", "evolve:second-evolver"]
     models = {v["evolver"]: v["model"] for v in st.load("irm", "variants")}
-    assert models == {"evolve:smollm2-135m-instruct": "deterministic", "evolve:second-evolver": "second-evolver"}
+    assert models == {"evolve:deterministic": "deterministic", "evolve:second-evolver": "second-evolver"}
     rows = st.load("irm", "irm_rankings")
     assert rows and all(r["agreement"] is None and r["consistent"] for r in rows)  # judged once (swap off)
     assert s["rankings"] + sum(s["excluded"].values()) == 5

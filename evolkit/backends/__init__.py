@@ -2,16 +2,47 @@
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from ..errors import ConfigError
 from .base import Backend, Completion, Request, Result, Sampling
 from .cache import CachedBackend, RequestCache
 
 if TYPE_CHECKING:
     from ..types import BackendConfig
 
-__all__ = ["Backend", "Completion", "Request", "Result", "Sampling", "CachedBackend", "RequestCache", "make_backend"]
+__all__ = ["Backend", "Completion", "Request", "Result", "Sampling", "CachedBackend", "RequestCache", "make_backend",
+           "custom_backend"]
+
+
+def custom_backend(factory: str | None, model: str, options: dict[str, Any] | None = None) -> Backend:
+    """A backend of your own (``backend: {kind: custom, factory: "package.module:callable", model: ..., options:
+    {...}}``): the callable is imported, called as ``callable(model=model, **options)`` and must return an
+    :class:`~evolkit.backends.base.Backend`. Requests, caching, resume and accounting then work as for the built-in
+    kinds (subclass ``Backend`` and implement ``stream``)."""
+    if not factory or ":" not in factory:
+        raise ConfigError(f"backend.factory: kind custom needs factory: 'package.module:callable' (got {factory!r})")
+    module_name, _, attr = factory.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"backend.factory: cannot import module {module_name!r} ({e})") from None
+    for part in attr.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ConfigError(f"backend.factory: module {module_name!r} has no {attr!r}") from None
+    if not callable(obj):
+        raise ConfigError(f"backend.factory: {factory} is a {type(obj).__name__}, not a callable")
+    try:
+        be = obj(model=model, **(options or {}))
+    except TypeError as e:
+        raise ConfigError(f"backend.options: {factory} does not take these arguments ({e})") from None
+    if not isinstance(be, Backend):
+        raise ConfigError(f"backend.factory: {factory} returned a {type(be).__name__}, not an evolkit Backend")
+    return be
 
 
 def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Backend:
@@ -35,45 +66,18 @@ def make_backend(cfg: BackendConfig, cache_path: str | Path | None = None) -> Ba
     elif kind == "transformers":
         from .transformers import TransformersBackend
 
-        be = TransformersBackend(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype)
+        try:
+            be = TransformersBackend(cfg.model, batch_size=cfg.batch_size, dtype=cfg.dtype, **cfg.options)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"backend.options: {e} (kind transformers takes engine and threads)") from None
     elif kind == "vllm":
         from .vllm import VLLMBackend
 
         be = VLLMBackend(cfg.model, **cfg.engine_kwargs)
     elif kind == "custom":
-        be = _custom_backend(cfg)
+        be = custom_backend(cfg.factory, cfg.model, cfg.options)
     else:  # pragma: no cover - the config validates kind
         raise ValueError(f"unknown backend kind {kind!r}")
     if cache_path is not None and cfg.cache:
         be = CachedBackend(be, RequestCache(cache_path))
-    return be
-
-
-def _custom_backend(cfg: BackendConfig) -> Backend:
-    """``kind: custom``: ``factory: "package.module:callable"`` called as ``callable(model=..., **options)``."""
-    import importlib
-
-    from ..errors import ConfigError
-
-    spec = cfg.factory or ""
-    mod_name, _, attr = spec.partition(":")
-    if not mod_name or not attr:
-        raise ConfigError(f"backend.factory: {spec!r} is not 'package.module:callable'")
-    try:
-        mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise ConfigError(f"backend.factory: cannot import {mod_name!r}: {e}") from None
-    fn = mod
-    for part in attr.split("."):
-        fn = getattr(fn, part, None)
-        if fn is None:
-            raise ConfigError(f"backend.factory: {mod_name!r} has no {attr!r}")
-    if not callable(fn):
-        raise ConfigError(f"backend.factory: {spec!r} is not callable")
-    try:
-        be = fn(model=cfg.model, **cfg.options)
-    except TypeError as e:
-        raise ConfigError(f"backend.options: {spec} does not accept these options: {e}") from None
-    if not isinstance(be, Backend):
-        raise ConfigError(f"backend.factory: {spec} returned {type(be).__name__}, not an evolkit Backend")
     return be

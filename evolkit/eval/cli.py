@@ -76,7 +76,7 @@ def add_commands(sub: Any) -> None:
     p.add_argument("--model", default="smollm2-135m-instruct",
                    help="model name / path / hub id (default: the embedded model)")
     p.add_argument("--bench", default="gsm8k", choices=list(BENCHMARKS))
-    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "openai", "deterministic"])
+    p.add_argument("--backend", default="transformers", choices=["transformers", "vllm", "openai"])
     p.add_argument("--prompt", default="wizardmath",
                    help=f"{', '.join(PROMPT_STYLES)} or a text file with {{question}}")
     p.add_argument("--chat", action="store_true", help="send a --prompt file through the chat template (default: raw)")

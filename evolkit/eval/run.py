@@ -196,7 +196,6 @@ def _request(unit: _Unit, style: PromptStyle, s: EvalSettings) -> Any:
         sampling=sampling,
         sample_offset=unit.offset,
         task="solve",
-        meta={"id": unit.item.id, "question": unit.item.question, "gold": unit.item.gold},
         raw=style.raw,
     )
 
@@ -242,7 +241,7 @@ def _backend_config(s: EvalSettings, opts: dict[str, Any]) -> Any:
     from ..config import BackendConfig
 
     kw: dict[str, Any] = {"kind": s.backend, "model": s.model}
-    keys = ("base_url", "api_key_env", "max_concurrency", "batch_size", "dtype", "engine_kwargs", "accuracy", "delay_s")
+    keys = ("base_url", "api_key_env", "max_concurrency", "batch_size", "dtype", "engine_kwargs")
     for k in keys:
         if opts.get(k) is not None:
             kw[k] = opts[k]
