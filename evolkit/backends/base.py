@@ -43,11 +43,9 @@ class Request:
     messages: Messages
     sampling: Sampling = field(default_factory=Sampling)
     sample_offset: int = 0
-    #: What the request is for (``solve``, ``evolve:simplify``, ``judge:irm`` ...): metadata that real backends ignore,
-    #: used for accounting and by the deterministic test backend.
+    #: What the request is for (``solve``, ``evolve:simplify``, ``judge:irm`` ...): a label for accounting that
+    #: backends ignore; not part of the cache key.
     task: str = ""
-    #: Free metadata (e.g. the bare question) for the same readers; never sent to a model, not part of the cache key.
-    meta: dict[str, Any] = field(default_factory=dict)
     #: Raw completion: send :meth:`prompt_text` as plain text, without a chat template (base-model prompts such as the
     #: WizardMath Alpaca template or few-shot ``Q: ... A:`` prompts). transformers/vllm tokenize the text as is (with
     #: the tokenizer's BOS), the OpenAI backend calls ``/v1/completions``.
