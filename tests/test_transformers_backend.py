@@ -110,6 +110,17 @@ def test_converted_weights_are_keyed_by_content(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------------------------------------- with the model
+def test_sampler_never_picks_a_masked_token():
+    """A grammar mask leaves most of the vocabulary at -inf: samples come only from what it allows."""
+    logits = torch.randn(2000, 50)
+    logits[:, [i for i in range(50) if i not in (7, 31)]] = float("-inf")
+    for top_p in (1.0, 0.9):
+        toks = tfm.sample_tokens(logits, 0.7, top_p, torch.rand(2000, dtype=torch.float64))
+        assert set(toks.tolist()) <= {7, 31}
+    u = torch.full((2000,), 1.0 - 1e-12, dtype=torch.float64)  # the far end of the distribution
+    assert set(tfm.sample_tokens(logits, 1.0, 1.0, u).tolist()) <= {7, 31}
+
+
 @pytest.fixture(scope="module")
 def backend():
     try:
@@ -215,3 +226,27 @@ def test_plan_groups_settings_and_folds_a_small_remainder(backend, monkeypatch):
         assert len({reqs[i].sampling for i in idx}) == 1
         assert prompts == [backend.encode(reqs[i]) for i in idx]
     assert sorted(i for idx, *_ in batches for i in idx) == list(range(len(reqs)))
+
+
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_a_json_schema_constrains_the_answer(backend, temperature):
+    """Judges' answers follow their JSON Schema (llguidance masks the logits token by token)."""
+    import json
+
+    import jsonschema
+
+    from evolkit.backends.base import Request, Sampling
+    from evolkit.judging import irm_schema, prm_schema
+
+    schemas = [prm_schema(3), irm_schema(["A", "B"]), prm_schema(2, allow_neutral=False)]
+    reqs = [Request([{"role": "user", "content": f"Judge this, answer in JSON ({i})."}],
+                    Sampling(temperature=temperature, max_tokens=200, seed=i), json_schema=sch)
+            for i, sch in enumerate(schemas)]
+    reqs.append(Request([{"role": "user", "content": "Say hello."}], Sampling(temperature=temperature, max_tokens=8)))
+    assert backend.supports_json_schema
+    results = backend.run(reqs)
+    for r, sch in zip(results, schemas):
+        comp = r.completions[0]
+        assert comp.finish_reason == "stop", comp.text
+        jsonschema.validate(json.loads(comp.text), sch)
+    assert not results[-1].completions[0].text.lstrip().startswith("{")  # an unconstrained request stays free

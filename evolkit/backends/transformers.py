@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import importlib.util
+import json
 import math
 import os
 import shutil
@@ -467,13 +468,23 @@ def sample_tokens(logits: Any, temperature: float, top_p: float, uniforms: Any) 
     cdf = probs.cumsum(dim=-1)
     target = (uniforms.to(cdf.dtype) * cdf[:, -1]).unsqueeze(1)
     pick = torch.searchsorted(cdf, target, right=True)
-    # Never a zero-probability token (rounding at the end of the nucleus): at most the last one with mass.
-    pick = torch.minimum(pick, (probs > 0).sum(dim=-1, keepdim=True) - 1)
+    # Never a zero-probability token (rounding at the end of the distribution): at most the last one with mass (in
+    # the sorted nucleus its position is the count of tokens with mass; in vocabulary order, where a grammar mask
+    # leaves many zeros, the index where the cumulative mass last grows).
+    if idx is None:
+        last = (probs > 0).to(torch.int32).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
+    else:
+        last = (probs > 0).sum(dim=-1, keepdim=True) - 1
+    pick = torch.minimum(pick, last)
     return (pick if idx is None else idx.gather(1, pick)).squeeze(1)
 
 
 class TransformersBackend(Backend):
-    """Batched generation in a worker thread; results stream out batch by batch (see the module docstring)."""
+    """Batched generation in a worker thread; results stream out batch by batch (see the module docstring).
+
+    Structured output: a request's JSON Schema constrains its samples token by token (llguidance's grammar matcher
+    masks the logits) in evolkit's decoding loop; the ``generate`` engine (models the loop does not handle) ignores it.
+    """
 
     def __init__(self, model: str = DEFAULT_MODEL, batch_size: int = 8, dtype: str = "auto", device: str | None = None,
                  engine: str = "auto", threads: int | None = None):
@@ -488,6 +499,7 @@ class TransformersBackend(Backend):
         self._threads = threads
         self._meter: LoadMeter | None = None
         self._loaded: tuple[Any, Any] | None = None
+        self._lltok: Any = None
         self._eos: list[int] = []
         self._lock = threading.RLock()  # one load, one batch at a time: concurrent batches only fight over the cores
         #: One entry per batch (prompts, rows, tokens prefilled and generated, seconds, threads), for benchmarks.
@@ -607,6 +619,9 @@ class TransformersBackend(Backend):
             gen: list[list[int]] = [[] for _ in range(rows)]
             finish = ["length"] * rows
             active = list(range(rows))  # the original row of each row in the batch
+            # Structured output: a grammar matcher per row whose request gives a JSON Schema (llguidance).
+            matchers = self._matchers([reqs[i] for i in order], n)
+            mask = self._grammar_mask(rows) if any(m is not None for m in matchers) else None
             done: set[int] = set()
             eos = torch.tensor(self._eos, device=dev)
             stop_tail = max((len(x) for x in s.stop), default=0) + 4
@@ -614,6 +629,8 @@ class TransformersBackend(Backend):
             _LOCAL.state = state
             try:
                 for t in range(max_new):
+                    if mask is not None:
+                        logits = self._constrain(logits, active, matchers, mask)
                     tok_ids = sample_tokens(logits, s.temperature, s.top_p,
                                             uni[torch.tensor(active, device=dev), t] if uni is not None else None)
                     hit_eos = torch.isin(tok_ids, eos).tolist()
@@ -627,6 +644,13 @@ class TransformersBackend(Backend):
                             done.add(row)
                             continue
                         gen[row].append(tok_list[k])
+                        m = matchers[row]
+                        if m is not None:
+                            m.consume_token(tok_list[k])
+                            if m.is_stopped():  # the JSON value is complete: nothing else may follow
+                                finish[row] = "stop"
+                                done.add(row)
+                                continue
                         if s.stop and self._hit_stop(gen[row][-stop_tail:], s.stop):
                             finish[row] = "stop"
                             done.add(row)
@@ -650,6 +674,49 @@ class TransformersBackend(Backend):
                 _LOCAL.state = None
         row_of = {i: r for r, i in enumerate(order)}
         return [[(gen[row_of[i] * n + j], finish[row_of[i] * n + j]) for j in range(n)] for i in range(b)], prefilled
+
+    # -- structured output -------------------------------------------------------------------------------------------
+    def _matchers(self, reqs: Sequence[Request], n: int) -> list[Any]:
+        """One llguidance matcher per row (``n`` rows per request) for requests with a JSON Schema, else None."""
+        if not any(r.json_schema for r in reqs):
+            return [None] * (len(reqs) * n)
+        import llguidance
+        import llguidance.hf
+
+        if self._lltok is None:
+            self._lltok = llguidance.hf.from_tokenizer(self._loaded[1])  # type: ignore[index]
+        out: list[Any] = []
+        for r in reqs:
+            grammar = (llguidance.LLMatcher.grammar_from_json_schema(json.dumps(r.json_schema))
+                       if r.json_schema else None)
+            for _ in range(n):
+                out.append(llguidance.LLMatcher(self._lltok, grammar) if grammar is not None else None)
+        return out
+
+    def _grammar_mask(self, rows: int) -> Any:
+        import llguidance.torch as lt
+
+        return lt.allocate_token_bitmask(rows, self._lltok.vocab_size)
+
+    def _constrain(self, logits: Any, active: list[int], matchers: list[Any], mask: Any) -> Any:
+        """``logits`` with the tokens each constrained row's grammar forbids set to -inf."""
+        import llguidance.torch as lt
+        import torch
+
+        pos = [k for k, row in enumerate(active) if matchers[row] is not None and not matchers[row].is_stopped()]
+        if not pos:
+            return logits
+        for k in pos:
+            lt.fill_next_token_bitmask(matchers[active[k]], mask, k)
+        sel = torch.tensor(pos, device=logits.device)
+        vocab = self._lltok.vocab_size
+        part = logits[sel, :vocab].float().contiguous()
+        lt.apply_token_bitmask_inplace(part, mask[:len(active)][sel.cpu()])
+        logits = logits.clone()
+        logits[sel, :vocab] = part.to(logits.dtype)
+        if logits.shape[-1] > vocab:  # the model's padding rows of the vocabulary are never valid
+            logits[sel, vocab:] = float("-inf")
+        return logits
 
     def _uniforms(self, reqs: Sequence[Request], s: Sampling) -> Any:
         """[rows, max_tokens] uniform numbers, each row from its own generator seeded by (seed, request, sample), so a
@@ -745,6 +812,10 @@ class TransformersBackend(Backend):
             for i, res in zip(batch, results):
                 self.stats.add(res)
                 yield i, res
+
+    @property
+    def supports_json_schema(self) -> bool:  # type: ignore[override]
+        return self.engine != "generate"
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "transformers", "model": self.model}
