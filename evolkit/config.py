@@ -100,7 +100,27 @@ class RunConfig(_Model):
                     f"{err['msg'].removeprefix('Value error, ')}" for err in e.errors()
                 )) from None
         self.stages = parsed
+        self._check_roles()
         return self
+
+    def _check_roles(self) -> None:
+        """Recipe steps that need a model of their own fail here, before any work, not halfway through a run."""
+        prm = self.stages.get("prm")
+        if prm is not None and "policy" in prm.sources and self.policy_backend is None:
+            raise ValueError("stages.prm.sources: 'policy' labels the solutions of the model being trained: give it as "
+                             "policy_backend (e.g. {kind: transformers, model: out/sft}), or label the teacher's "
+                             "solutions with sources: [sft, evolve]")
+        irm = self.stages.get("irm")
+        if irm is not None and not irm.allow_single_evolver:
+            roles = {e.role for e in irm.evolvers} if irm.evolvers else {"main", "evolver2"}
+            models = {(b.kind, b.model) for r in roles if (b := self.evolver_of(r)) is not None}
+            if len(models) < 2:
+                raise ValueError("stages.irm: the IRM data needs variants from two evolver models (the recipe's "
+                                 "Wizard-E and ChatGPT): set evolver_backend to a second model, or "
+                                 "stages.irm.allow_single_evolver: true to rank variants of one model (the card says so)")
+
+    def evolver_of(self, role: str) -> BackendConfig | None:
+        return self.evolver_backend if role == "evolver2" else self.backend
 
     @property
     def run_dir(self) -> Path:

@@ -32,7 +32,7 @@ STAGE_SETTINGS: dict[str, dict[str, Any]] = {
     "evolve": {"rounds": [{"pool": "seeds", "children_per_parent": 1.0}, {"pool": "previous",
                                                                           "children_per_parent": 1.0}], "k": 3},
     "irm": {"n_instructions": 12},
-    "prm": {"max_solutions": 24},
+    "prm": {"max_solutions": 24, "policy_max_problems": 20},
 }
 
 
@@ -54,6 +54,8 @@ def run_config(root: Path, n: int = 15, open_domain: bool = True) -> dict[str, A
         stages["evolve"]["decontamination"] = {"test_files": [str(test_path)]}
     return {
         "name": "fixture", "seed": 0, "backend": fake_backend("det-teacher"),
+        # The recipe's roles: a second evolver model for the IRM variants, the policy whose solutions the PRM labels.
+        "evolver_backend": fake_backend("det-evolver-2"), "policy_backend": fake_backend("det-policy"),
         "sampling": {"temperature": 0.7, "top_p": 0.95, "max_tokens": 256},
         "seeds": [{"source": "gsm8k", "n": n}, {"source": "math", "n": n}],
         "stages": stages,

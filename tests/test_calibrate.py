@@ -208,5 +208,7 @@ def test_calibrate_command(hand_file, tmp_path, capsys):
     summary = json.loads((out / "calibration" / "summary.json").read_text())
     assert summary["rows"] == 8 and summary["judge"] == "deterministic"
     assert (out / "calibration" / "predictions.parquet").exists()
-    # calibrate-only options without `calibrate` are refused; the plain stage command still parses.
-    assert main(["prm", str(cfg), "--data", str(hand_file)]) == 2
+    # calibration options belong to `evolkit calibrate prm`: the stage command refuses them (argparse, exit 2).
+    with pytest.raises(SystemExit) as e:
+        main(["prm", str(cfg), "--data", str(hand_file)])
+    assert e.value.code == 2

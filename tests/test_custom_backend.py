@@ -26,8 +26,14 @@ def test_factory_gets_model_and_options(tmp_path):
     assert isinstance(cached, CachedBackend) and cached.model == "deterministic"
 
 
+def test_custom_without_a_factory_is_refused_when_the_config_loads():
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="kind custom needs factory"):
+        BackendConfig(kind="custom")
+
+
 @pytest.mark.parametrize("factory, needle", [
-    (None, "backend.factory"),
     ("tests.doubles.deterministic", "backend.factory"),  # no ':callable'
     ("tests.no_such_module:make", "cannot import module 'tests.no_such_module'"),
     ("tests.test_custom_backend:absent", "has no 'absent'"),

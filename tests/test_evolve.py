@@ -185,10 +185,7 @@ def test_eight_rounds_lineage_and_outputs(eight_rounds):
     assert {s["problem_id"] for s in solutions} == ids
     for s in solutions[:200]:
         Solution.model_validate(s)
-    sft = store.load("evolve", "sft")
-    seed_sft = store.load("sft", "sft")
-    assert sft[: len(seed_sft)] == seed_sft
-    evolved_sft = sft[len(seed_sft):]
+    evolved_sft = store.load("evolve", "sft_evolved")  # only the evolved problems' rows: publishing decides the mix
     assert evolved_sft and {r["problem_id"] for r in evolved_sft} <= ids
     good = {(s["problem_id"], s["sample_index"]) for s in solutions if s["verdict"] == "correct"}
     for r in evolved_sft:
@@ -316,7 +313,7 @@ def test_flag_mode_llm_check_and_second_evolver(tmp_path):
         "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
         "stages": {"sft": {"k": 1}, "evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 2.0}],
-            "expected_survival": 1.0, "max_topups": 0, "k": 4, "low_agreement": "flag", "evolver2_share": 0.5,
+            "expected_survival": 1.0, "max_topups": 0, "k": 4, "min_agreeing": 1, "low_agreement": "flag", "evolver2_share": 0.5,
             "elimination": {"llm_check": True}, "plots": False, "decontamination": {"enabled": False},
         }},
     })
@@ -339,7 +336,7 @@ def test_flag_mode_llm_check_and_second_evolver(tmp_path):
     assert llm and {e["parent_id"] for e in llm} == {"clean-2"}
     models = {e["model"] for e in evol.values()} | {e["model"] for e in elim if e["model"]}
     assert models == {"deterministic", "det-evolver-2"}
-    sft = store.load("evolve", "sft")
+    sft = store.load("evolve", "sft_evolved")
     flagged = {e["id"] for e in store.load("evolve", "evol") if e["flagged"]}
     assert flagged and not flagged & {r["problem_id"] for r in sft}
 
@@ -352,7 +349,7 @@ def test_topup_passes_fill_the_plan(tmp_path):
         "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
         "stages": {"evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 1.5, "operations": {"concretize": 1}}],
-            "expected_survival": 1.0, "max_topups": 3, "topup_tolerance": 0.0, "k": 1, "plots": False,
+            "expected_survival": 1.0, "max_topups": 3, "topup_tolerance": 0.0, "k": 1, "min_agreeing": 1, "plots": False,
             "decontamination": {"enabled": False},
         }},
     })
@@ -415,10 +412,9 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
         proc.wait()
     assert not RunStore(killed).is_done("evolve")
     done_before = shard.read_text().count("\n")
-    # Resume from the run folder's own config (without the per-request delay).
+    # Resume from the run folder's own config.
     res = subprocess.run(
-        [sys.executable, "-m", "evolkit.cli", "evolve", "-o", str(killed), "--resume", "--no-progress",
-         "--set", "backend.options.delay=0"],
+        [sys.executable, "-m", "evolkit.cli", "evolve", "-o", str(killed), "--resume", "--no-progress"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
@@ -432,7 +428,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     ref_cfg["backend"]["options"]["delay"] = 0
     ref = tmp_path / "ref"
     run_all(RunConfig.model_validate(ref_cfg), ref, stages=["evolve"], show_progress=False)
-    for name in ("problems", "evol", "solutions", "eliminated", "sft"):
+    for name in ("problems", "evol", "solutions", "eliminated", "sft_evolved"):
         assert _parquet_rows(killed, name) == _parquet_rows(ref, name), name
     assert len(_parquet_rows(ref, "problems")) > 50
     s1 = json.loads((killed / "evolve" / "summary.json").read_text())
@@ -470,7 +466,7 @@ def test_embedded_model_one_round_end_to_end(tmp_path):
         "seeds": [{"source": "gsm8k", "n": 10}, {"source": "math", "n": 10}],
         "stages": {"evolve": {
             "rounds": [{"pool": "seeds", "children_per_parent": 1.0}],
-            "k": 1, "answer_fewshot": 0, "max_topups": 0, "expected_survival": 1.0,
+            "k": 1, "min_agreeing": 1, "answer_fewshot": 0, "max_topups": 0, "expected_survival": 1.0,
         }},
     })
     run_dir = tmp_path / "run"
@@ -493,3 +489,45 @@ def test_embedded_model_one_round_end_to_end(tmp_path):
     for e in store.load("evolve", "evol"):
         EvolExample.model_validate(e)
     assert (run_dir / "evolve" / "growth.png").exists() and (run_dir / "evolve" / "difficulty.png").exists()
+
+
+def test_truncated_evolutions_and_single_agreeing_answers_are_eliminated(tmp_path):
+    """Evolution gates: an evolution cut off by the token limit is eliminated (``truncated``), and a pseudo-gold needs
+    ``min_agreeing`` (2) agreeing answers among all k samples, failed and answerless ones included."""
+    from evolkit.backends.base import Completion, Result
+
+    rows = _planted_seeds(tmp_path / "seeds" / "train.jsonl")
+    seeds = {r["id"]: r["question"] for r in rows}
+    cut = {rows[0]["question"]}  # the evolution of this seed stops at the token limit
+
+    class Truncating(DeterministicBackend):
+        async def stream(self, requests):
+            async for i, res in super().stream(requests):
+                r = requests[i]
+                if r.task.startswith("evolve:") and any(q in r.messages[-1]["content"] for q in cut):
+                    res = Result([Completion(c.text[: len(c.text) // 2], "length", c.prompt_tokens,
+                                             c.completion_tokens) for c in res.completions])
+                yield i, res
+
+    base = DeterministicBackend()
+    be = Truncating(responders={"evolve:": _evolve_responder(seeds, base), "solve": _solve_responder(base)})
+    cfg = RunConfig.model_validate({
+        "backend": fake_backend(), "seeds": [{"source": "gsm8k", "path": str(tmp_path / "seeds")}],
+        "stages": {"sft": {"k": 1}, "evolve": {
+            "rounds": [{"pool": "seeds", "children_per_parent": 1.0}], "expected_survival": 1.0, "max_topups": 0,
+            "k": 4, "plots": False, "decontamination": {"enabled": False}}},
+    })
+    with _context_with(cfg, tmp_path / "run", be) as ctx:
+        run_stage(ctx, "seeds")
+        run_stage(ctx, "evolve")
+    store = RunStore(tmp_path / "run")
+    elim = {e["parent_id"]: e for e in store.load("evolve", "eliminated")}
+    assert elim[rows[0]["id"]]["reason"] == "truncated"
+    low = elim["plant-LOW"]  # one of its four answers agrees with itself: no pseudo-gold
+    assert low["reason"] == "low_agreement" and "1 of 4 answers agree" in low["detail"]
+    kept = store.load("evolve", "evol")
+    assert kept and all(round(e["agreement"] * e["n_samples"]) >= 2 for e in kept)
+    summary = json.loads((tmp_path / "run" / "evolve" / "summary.json").read_text())
+    assert summary["eliminated"]["truncated"] == 1
+    with pytest.raises(ValueError, match="min_agreeing"):  # k = 1 could never give two agreeing answers
+        RunConfig.model_validate({"stages": {"evolve": {"k": 1}}})

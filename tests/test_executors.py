@@ -39,8 +39,8 @@ RUN_CONFIG = {
         "evolve": {"rounds": [{"pool": "seeds", "children_per_parent": 1.0},
                               {"pool": "previous", "children_per_parent": 1.0}],
                    "k": 3, "elimination": {"llm_check": True}, "decontamination": {"enabled": False}, "plots": False},
-        "irm": {"n_instructions": 10, "variants": 3},
-        "prm": {"labellers": ["judge", "montecarlo"], "rollouts": 2, "max_solutions": 16, "max_rollout_solutions": 6},
+        "irm": {"n_instructions": 10, "variants_per_evolver": 2},
+        "prm": {"sources": ["sft", "evolve"], "labellers": ["judge", "montecarlo"], "rollouts": 2, "max_solutions": 16, "max_rollout_solutions": 6},
     },
 }
 RAY_EXECUTOR = {"kind": "ray", "shards": 2, "num_cpus_per_task": 1, "batch_size": 4, "batch_seconds": 0.05}

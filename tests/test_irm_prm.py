@@ -20,13 +20,15 @@ RUN_CONFIG = {
     "name": "irmprm",
     "seed": 0,
     "backend": fake_backend(),
+    "evolver_backend": fake_backend("det-evolver-2"),
     "seeds": [{"source": "gsm8k", "n": 10}, {"source": "math", "n": 10}],
     "stages": {
         "sft": {"k": 4, "fewshot": 0},
         "evolve": {"rounds": [{"pool": "seeds", "children_per_parent": 1.0}], "k": 3,
                    "decontamination": {"enabled": False}, "plots": False},
-        "irm": {"n_instructions": 16, "variants": 3},
-        "prm": {"labellers": ["judge", "montecarlo"], "rollouts": 4, "max_solutions": 30},
+        "irm": {"n_instructions": 16, "variants_per_evolver": 2},
+        "prm": {"sources": ["sft", "evolve"], "labellers": ["judge", "montecarlo"], "rollouts": 4,
+                "max_solutions": 30},
     },
 }
 
@@ -53,15 +55,18 @@ def test_irm_rankings_structure(run):
     summary = run.stage_info("irm")["summary"]
     assert rows and len(rows) == summary["rankings"]
     evolvers = set(summary["evolvers"])
-    assert len(evolvers) == 2  # two prompt styles on one model
+    assert evolvers == {"evolve:deterministic", "evolve:det-evolver-2"}  # two evolver models
+    assert summary["single_evolver"] is False and summary["variants_per_evolver"] == 2
     for r in rows:
         IRMRanking.model_validate(r)
         vs = r["variants"]
-        assert 2 <= len(vs) <= 4
+        assert 2 <= len(vs) <= 4  # 2 per evolver, minus those eliminated
         assert sorted(v["rank"] for v in vs) == list(range(1, len(vs) + 1))
         assert {v["id"] for v in vs} <= set("ABCD")
         assert len({v["evolver"] for v in vs}) >= 2 and {v["evolver"] for v in vs} <= evolvers
-        assert len({v["operation"] for v in vs}) == len(vs)  # one distinct operation per variant
+        for ev in evolvers:  # distinct operations within an evolver's variants
+            ops = [v["operation"] for v in vs if v["evolver"] == ev]
+            assert len(set(ops)) == len(ops)
         assert all(1 <= v[c] <= 10 for v in vs for c in ("definition", "precision", "integrity"))
         assert r["judge"] == "deterministic" and r["label_source"] == "model"
         assert r["consistent"] is True and r["agreement"] == 1.0  # swap on, inconsistent ones excluded
@@ -241,7 +246,7 @@ def test_stage_commands_and_resume(run, tmp_path):
     cfg = tmp_path / "cfg.yaml"
     small = json.loads(json.dumps(RUN_CONFIG))
     small["stages"]["irm"]["n_instructions"] = 4
-    small["stages"]["prm"] = {"max_solutions": 6}
+    small["stages"]["prm"] = {"sources": ["sft", "evolve"], "max_solutions": 6}
     cfg.write_text(yaml.safe_dump(small, sort_keys=False))
     out = tmp_path / "run"
     assert main(["run", str(cfg), "-o", str(out), "--no-progress"]) == 0
@@ -260,7 +265,7 @@ def test_second_evolver_backend(tmp_path):
     cfg = {"name": "evo2", "backend": fake_backend(),
            "evolver_backend": fake_backend("second-evolver"),
            "seeds": [{"source": "gsm8k", "n": 5}],
-           "stages": {"irm": {"n_instructions": 5, "variants": 2, "sources": ["seeds"], "swap": False}}}
+           "stages": {"irm": {"n_instructions": 5, "variants_per_evolver": 1, "sources": ["seeds"], "swap": False}}}
     st = RunStore(build_run(tmp_path / "run", cfg))
     s = st.stage_info("irm")["summary"]
     assert s["evolvers"] == ["evolve:deterministic", "evolve:second-evolver"]
@@ -269,3 +274,60 @@ def test_second_evolver_backend(tmp_path):
     rows = st.load("irm", "irm_rankings")
     assert rows and all(r["agreement"] is None and r["consistent"] for r in rows)  # judged once (swap off)
     assert s["rankings"] + sum(s["excluded"].values()) == 5
+
+
+def test_one_evolver_model_is_refused_unless_allowed(tmp_path):
+    """The recipe ranks variants of two evolver models: one model (even with two prompt styles) needs
+    allow_single_evolver, and the summary says so."""
+    from evolkit.errors import ConfigError
+    from evolkit.store import RunStore
+
+    cfg = {"name": "one", "backend": fake_backend(), "seeds": [{"source": "gsm8k", "n": 4}],
+           "stages": {"irm": {"n_instructions": 4, "sources": ["seeds"],
+                              "evolvers": [{"style": "evolve"}, {"style": "rewrite"}]}}}
+    with pytest.raises(ConfigError, match="two evolver models"):
+        from evolkit.config import validate
+
+        validate(cfg, "the config")
+    cfg["stages"]["irm"]["allow_single_evolver"] = True
+    st = RunStore(build_run(tmp_path / "allowed", cfg))
+    s = st.stage_info("irm")["summary"]
+    assert s["single_evolver"] is True and s["evolver_models"] == 1
+    variants = st.load("irm", "variants")
+    assert len(variants) == 4 * 2 * 2  # each of the two styles writes variants_per_evolver (2) per instruction
+
+
+def test_prm_labels_the_policys_own_solutions(tmp_path):
+    """sources: [policy]: the policy model solves seed and evolved problems; the judge labels those steps; each row
+    names the model that wrote the solution and the one that labelled it."""
+    from evolkit.store import RunStore
+
+    cfg = json.loads(json.dumps(RUN_CONFIG))
+    cfg["judge_backend"] = fake_backend("det-judge")
+    cfg["policy_backend"] = fake_backend("det-policy")
+    cfg["stages"]["prm"] = {"sources": ["policy"], "policy_k": 2, "policy_max_problems": 12, "max_solutions": 10,
+                            "labellers": ["judge", "montecarlo"], "rollouts": 2, "balance": False}
+    st = RunStore(build_run(tmp_path / "run", cfg))
+    sols = st.load("prm", "policy_solutions")
+    assert sols and {s["model"] for s in sols} == {"det-policy"}
+    assert len({s["problem_id"] for s in sols}) == 12 and len(sols) == 24
+    assert any(s["problem_id"].startswith("evol-") for s in sols)  # evolved problems too
+    rows = st.load("prm", "prm")
+    assert rows and {r["source"] for r in rows} == {"policy"}
+    assert {r["solution_model"] for r in rows} == {"det-policy"}
+    assert {r["labeller_model"] for r in rows if r["labeller"] == "judge"} == {"det-judge"}
+    assert {r["labeller_model"] for r in rows if r["labeller"] == "montecarlo"} == {"det-policy"}  # its rollouts
+    s = st.stage_info("prm")["summary"]
+    assert s["solution_source"] == ["policy"] and s["policy_model"] == "det-policy"
+    assert s["labeller_models"] == {"judge": "det-judge", "montecarlo": "det-policy"}
+
+
+def test_prm_policy_source_needs_a_policy(tmp_path):
+    from evolkit.errors import ConfigError
+
+    cfg = json.loads(json.dumps(RUN_CONFIG))
+    cfg["stages"] = {"prm": {"sources": ["policy"]}}
+    with pytest.raises(ConfigError, match="policy_backend"):
+        from evolkit.config import validate
+
+        validate(cfg, "the config")  # refused when the config loads, before any work

@@ -40,8 +40,9 @@ from tests.test_irm_prm import RUN_CONFIG, build_run
 
 REVIEW_CONFIG = json.loads(json.dumps(RUN_CONFIG))
 REVIEW_CONFIG["name"] = "review"
-REVIEW_CONFIG["stages"]["irm"] = {"n_instructions": 10, "variants": 3}
-REVIEW_CONFIG["stages"]["prm"] = {"labellers": ["judge", "montecarlo"], "rollouts": 2, "max_solutions": 10}
+REVIEW_CONFIG["stages"]["irm"] = {"n_instructions": 10, "variants_per_evolver": 2}
+REVIEW_CONFIG["stages"]["prm"] = {"sources": ["sft", "evolve"], "labellers": ["judge", "montecarlo"], "rollouts": 2,
+                                  "max_solutions": 10}
 
 
 def flip(label: str) -> str:

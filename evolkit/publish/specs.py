@@ -202,8 +202,9 @@ def _gather_rl_prompts(store: RunStore, options: PublishOptions) -> Gathered | N
     if "evol" in evolve:
         import pyarrow.parquet as pq
 
-        t = pq.read_table(evolve["evol"], columns=["id", "flagged"]).to_pydict()
-        flagged = {i for i, f in zip(t["id"], t["flagged"], strict=True) if f}
+        if {"id", "flagged"} <= set(pq.read_schema(evolve["evol"]).names):  # an empty output has no columns
+            t = pq.read_table(evolve["evol"], columns=["id", "flagged"]).to_pydict()
+            flagged = {i for i, f in zip(t["id"], t["flagged"], strict=True) if f}
     if "problems" in evolve:
         parts.append("evolve/problems")
         evolved = [(p["id"], p["question"], p.get("gold_answer"), p.get("source")) for p in
