@@ -489,40 +489,44 @@ def test_sft_holds_seed_solutions_and_evolved_ones_only_when_asked(run_copy, tmp
 
     store = RunStore(run_copy)
     seed_ids = {r["id"] for r in store.load("sft", "sft")}
-    old_union = store.load("evolve", "sft")  # an older run folder: seed SFT rows + evolved rows in evolve/sft
-    evolved = [r for r in old_union if r["round"] > 0]
-    assert evolved and {r["id"] for r in old_union} - {r["id"] for r in evolved} <= seed_ids
+    evolved = store.load("evolve", "sft_evolved")  # the evolve stage's output: the evolved problems' rows only
+    assert evolved and all(r["round"] > 0 for r in evolved) and not {r["id"] for r in evolved} & seed_ids
 
     res = publish_run(run_copy, local=tmp_path / "default", **SPLIT)  # the default: as in the recipe
     assert _published_ids(tmp_path / "default", "sft") == seed_ids
     assert res.configs["sft"] and sum(res.configs["sft"].values()) == len(seed_ids)
     text = DatasetCard.load(tmp_path / "default" / "README.md").text
     assert "not included (publish setting `sft_include_evolved: false`" in text
-    assert f"the run has {len(evolved)} such rows (`evolve/sft (rows with round > 0)`)" in text
+    assert f"the run has {len(evolved)} such rows (`evolve/sft_evolved`)" in text
     prov = json.loads((tmp_path / "default" / "provenance.json").read_text())
     assert prov["configs"]["sft"]["source"] == "sft/sft"
     assert prov["configs"]["sft"]["selection"]["include_evolved"] is False
 
-    publish_run(run_copy, local=tmp_path / "old", sft_include_evolved=True, **SPLIT)
-    assert _published_ids(tmp_path / "old", "sft") == seed_ids | {r["id"] for r in evolved}
-    text = DatasetCard.load(tmp_path / "old" / "README.md").text
+    publish_run(run_copy, local=tmp_path / "with", sft_include_evolved=True, **SPLIT)
+    assert _published_ids(tmp_path / "with", "sft") == seed_ids | {r["id"] for r in evolved}
+    text = DatasetCard.load(tmp_path / "with" / "README.md").text
     assert (f"included (publish setting `sft_include_evolved: true`): {len(evolved)} of the "
             f"{len(seed_ids) + len(evolved)} `sft` rows") in text
 
-    # The evolve stage's new output: evolve/sft_evolved holds only the evolved rows and wins over evolve/sft.
-    _set_output(run_copy, "evolve", "sft", None)
-    _set_output(run_copy, "evolve", "sft_evolved", evolved[:5])
+    # The run config's publish section sets it too; the command-line flag wins over nothing.
     cfg = (run_copy / "config.yaml").read_text()
     (run_copy / "config.yaml").write_text(cfg + "publish:\n  sft_include_evolved: true\n")
-    publish_run(run_copy, local=tmp_path / "new", **SPLIT)
-    assert _published_ids(tmp_path / "new", "sft") == seed_ids | {r["id"] for r in evolved[:5]}
+    publish_run(run_copy, local=tmp_path / "config", **SPLIT)
+    assert _published_ids(tmp_path / "config", "sft") == seed_ids | {r["id"] for r in evolved}
     (run_copy / "config.yaml").write_text(cfg)
     assert main(["publish", str(run_copy), "--local", str(tmp_path / "cli"), "--min-split-rows", "10",
                  "--configs", "sft"]) == 0
     assert _published_ids(tmp_path / "cli", "sft") == seed_ids
     assert main(["publish", str(run_copy), "--local", str(tmp_path / "cli2"), "--min-split-rows", "10",
                  "--configs", "sft", "--sft-include-evolved"]) == 0
-    assert _published_ids(tmp_path / "cli2", "sft") == seed_ids | {r["id"] for r in evolved[:5]}
+    assert _published_ids(tmp_path / "cli2", "sft") == seed_ids | {r["id"] for r in evolved}
+
+    # An older run folder: evolve/sft held the seed SFT rows and the evolved rows (those with round > 0).
+    seed_rows = store.load("sft", "sft")
+    _set_output(run_copy, "evolve", "sft_evolved", None)
+    _set_output(run_copy, "evolve", "sft", seed_rows + evolved[:5])
+    publish_run(run_copy, local=tmp_path / "old", sft_include_evolved=True, **SPLIT)
+    assert _published_ids(tmp_path / "old", "sft") == seed_ids | {r["id"] for r in evolved[:5]}
 
 
 def test_rl_prompts_are_every_seed_and_every_kept_evolved_problem(run_copy, tmp_path):
@@ -592,15 +596,35 @@ def test_card_reports_steps_prm_models_and_a_single_evolver(run_copy, tmp_path):
     assert "| in data (prm.solution_model) |  | out/sft-policy |" in text
 
 
-def test_card_of_an_older_run_without_those_figures(published):
-    out, _ = published
+def test_card_of_an_older_run_without_those_figures(run_copy, tmp_path):
+    """A run folder made before the summaries held steps per solution, the PRM's solution source and the IRM's
+    evolver models still publishes, and the card says what it can."""
+    from evolkit.publish import publish_run
+
+    manifest = json.loads((run_copy / "manifest.json").read_text())
+    for info in manifest["stages"].values():
+        summary = info.get("summary") or {}
+        for key in ("steps_per_solution", "solution_source", "solution_model", "policy_model", "labeller_models",
+                    "single_evolver", "evolver_models", "variants_per_evolver"):
+            summary.pop(key, None)
+    manifest["stages"]["irm"]["summary"]["evolvers"] = ["evolve:det-teacher", "rewrite:det-teacher"]
+    (run_copy / "manifest.json").write_text(json.dumps(manifest))
+    for p in run_copy.glob("*/summary.json"):
+        p.unlink()
+    out = tmp_path / "pub"
+    publish_run(run_copy, local=out, **SPLIT)
     text = (out / "README.md").read_text()
     assert "## Steps per solution" not in text
-    # The fixture's two "evolvers" are two prompt styles of one model: the card says so.
+    # Two "evolvers" that are two prompt styles of one model: the card says so.
     assert ("The rankings compare variants of **one evolver model** (det-teacher, as evolve:det-teacher, "
-            "rewrite:det-teacher)") in text and "allow_single_evolver" not in text
-    assert "**PRM data.** The labelled solutions come from `evolve`, `sft`." in text
-    assert "these are the teacher's solutions" in text
+            "rewrite:det-teacher)") in text and "allow_single_evolver: true" not in text
+
+
+def test_card_names_the_policy_and_the_two_evolvers(published):
+    out, _ = published
+    text = (out / "README.md").read_text()
+    assert "## Steps per solution" in text
+    assert "det-policy" in text and "det-evolver-2" in text
 
 
 def test_no_absolute_local_path_in_card_or_provenance(published, fixture_run):
