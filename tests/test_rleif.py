@@ -57,8 +57,10 @@ def test_the_tiny_loop_runs_end_to_end_then_resumes_to_nothing(tmp_path: Path, l
     assert sum(len(s) for s in rl.values()) >= 8  # seeds + evolved problems
     ppo = json.loads((out / "models" / "ppo" / "evolkit_trainer.json").read_text())
     assert str(out / "models" / "irm") in json.dumps(ppo) and str(out / "models" / "prm") in json.dumps(ppo)
-    report = json.loads((out / "eval" / "results.json").read_text())
-    assert "wizardmath" in json.dumps(report).lower()
+    report = json.loads((out / "eval" / "summary.json").read_text())  # the PPO policy, WizardMath's protocol
+    assert report["checker"] == "wizardmath" and report["problems"] == 3
+    assert report["protocol"]["stop"] == ["Instruction:", "Instruction", "Response:", "Response"]
+    assert str(out / "models" / "ppo") in json.dumps(report["settings"])
 
     # Resumed, a finished loop does nothing; a changed trainer step is refused.
     before = (out / "rleif.json").read_text()
