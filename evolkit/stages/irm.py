@@ -154,11 +154,11 @@ def evolver_request(problem: Problem, op: str, evolver: Evolver, ctx: StageConte
 
 
 def variant_check(ctx: StageContext) -> Any:
-    """The evolve stage's text rules (empty, refusal, prompt artifact, length, no information gain) for variants."""
-    from .. import filters
-
+    """The evolve stage's text rules (empty, refusal, prompt artifact, a solution instead of a problem, length, no
+    information gain) for variants, as that stage's config sets them."""
     el = _evolve_config(ctx).elimination
-    return filters.Eliminator(el.artifacts, el.refusals, el.min_chars, el.max_chars, el.parent_similarity)
+    return filters.Eliminator(el.artifacts, el.refusals, el.min_chars, el.max_chars, el.parent_similarity,
+                              solution_markers=el.solution_markers)
 
 
 # --------------------------------------------------------------------------------------------------------- judging
