@@ -18,10 +18,12 @@ import hashlib
 import importlib
 import logging
 import time
-from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from . import prompts
 from .backends import Backend
@@ -31,7 +33,7 @@ from .errors import ConfigError, EvolkitError
 from .progress import Progress
 from .records import Problem
 from .settings import register_secret_envs
-from .store import GroupReader, RunStore
+from .store import GroupReader, RunStore, key_digest
 from .types import BackendConfig, Step, StepEnv
 
 log = logging.getLogger("evolkit")
@@ -148,10 +150,12 @@ class Context:
         return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
                         stop=tuple(base.get("stop") or ()), seed=base.get("seed"))
 
-    def seeds(self) -> list[Problem]:
+    def seeds(self) -> Sequence[Problem]:
+        """The seed problems, read from the seeds stage's Parquet output a row group at a time (memory stays flat
+        whatever their number)."""
         if not self.store.is_done("seeds"):
             run_seeds(self)
-        return [Problem.model_validate(r) for r in self.store.iter_output("seeds", "problems")]
+        return self.store.table("seeds", "problems", Problem.model_validate)
 
     # -- the one generation helper ----------------------------------------------------------------------------------
     async def generate(self, stage: str, name: str, step: Step) -> GroupReader:
@@ -163,19 +167,9 @@ class Context:
         authentication error ends the step at once (:class:`StageFailed`)."""
         store = self.store
         reader = store.groups(stage, name)
-        seen: set[str] = set()
-        todo = array("q")
-        for i, item in enumerate(step.items):
-            k = step.key(item)
-            ks = k if isinstance(k, str) else repr(k)
-            if ks in seen:
-                continue
-            seen.add(ks)
-            if not reader.ok(k):
-                todo.append(i)
-        del seen
+        todo = pending_items(step, reader)
         counts = self.counts.setdefault(stage, RequestCounts())
-        if not todo:
+        if not len(todo):
             return reader
         items = Subseq(step.items, todo)
         requests = LazyRequests(items, step.request)
@@ -231,6 +225,16 @@ class Context:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pending_items(step: Step, reader: GroupReader) -> np.ndarray:
+    """Positions of the step's items that still need a request: the first item of each key whose latest record is
+    not a success. Keys are held as 16-byte digests in numpy arrays (memory stays small at any item count)."""
+    digests = np.fromiter((key_digest(step.key(item)) for item in step.items), dtype="S16", count=len(step.items))
+    first = np.zeros(len(digests), dtype=bool)
+    first[np.unique(digests, return_index=True)[1]] = True
+    todo = np.nonzero(first & ~reader.ok_many(digests))[0]
+    return todo
 
 
 def scrub_text(text: str | None) -> str:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -199,6 +199,25 @@ class LazyRequests(Sequence):  # type: ignore[type-arg]
         if isinstance(i, slice):
             return [self.build(x) for x in self.items[i]]
         return self.build(self.items[i])
+
+
+class Mapped(Sequence):  # type: ignore[type-arg]
+    """``fn(seq[i])`` for each item of ``seq``, computed when asked (a lazy ``[fn(x) for x in seq]``)."""
+
+    def __init__(self, seq: Sequence[Any], fn: Callable[[Any], Any]):
+        self.seq = seq
+        self.fn = fn
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.fn(x) for x in self.seq[i]]
+        return self.fn(self.seq[i])
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.fn, self.seq)
 
 
 async def make_rows_of(make_rows: MakeRows, env: StepEnv, item: Any, res: Result) -> Rows:
