@@ -38,6 +38,9 @@ from .types import BackendConfig, Step, StepEnv
 
 log = logging.getLogger("evolkit")
 
+#: Entries of the answer checker's verdict cache.
+CHECKER_CACHE = 8192
+
 #: Pipeline order of the stages (seeds first).
 ORDER = ("seeds", "sft", "evolve", "irm", "prm")
 
@@ -139,7 +142,9 @@ class Context:
         if self._checker is None:
             from .answers import AnswerChecker
 
-            self._checker = AnswerChecker()
+            # A small verdict cache: the k samples of one problem share their checks; beyond that, 100k cached
+            # pairs (the default) are ~40 MiB that grow with the run.
+            self._checker = AnswerChecker(cache_size=CHECKER_CACHE)
         return self._checker
 
     def sampling(self, *overrides: dict[str, Any] | None, n: int = 1) -> Sampling:

@@ -37,6 +37,9 @@ from .settings import secret_values
 
 SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password)$", re.I)
 _JSON_COLS = b"evolkit.json_columns"
+#: Rows per Parquet row group of the run's outputs: what a writer buffers and a lazy reader caches. Small groups keep a
+#: streaming stage's memory flat (2,000-row groups cost ~20 MiB more at 32k rows: benchmarks/bench_memory.py).
+ROW_GROUP = 500
 
 
 def scrub(obj: Any, secrets: list[str] | None = None) -> Any:
@@ -285,7 +288,7 @@ class RunStore:
         """The group records of ``stage/name`` written so far, by key."""
         return GroupReader(self._shards(stage, name))
 
-    def sink(self, stage: str, name: str, row_group_size: int = 2000) -> ParquetSink:
+    def sink(self, stage: str, name: str, row_group_size: int = ROW_GROUP) -> ParquetSink:
         """A streaming Parquet writer for the output ``stage/name`` (pass it to :meth:`finish` once written)."""
         return ParquetSink(self.stage_dir(stage) / f"{name}.parquet", row_group_size=row_group_size)
 
@@ -350,6 +353,41 @@ class RunStore:
             for name, o in info.get("outputs", {}).items():
                 res.setdefault(stage, {})[name] = self.root / o["path"]
         return res
+
+
+def release_memory() -> None:
+    """Give memory freed by large transient buffers (Arrow row groups, JSON batches) back to the operating system
+    (glibc's ``malloc_trim``; nothing elsewhere). A streaming run frees such buffers over and over; without this the C
+    heap keeps them and the process's resident memory creeps up with the run's length."""
+    global _TRIM
+    if _TRIM is None:
+        try:
+            import ctypes
+
+            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _TRIM = False
+    if _TRIM:
+        _TRIM(0)
+
+
+_TRIM: Any = None
+_ARROW_POOL_SET = False
+
+
+def _arrow() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``. The first call puts Arrow on the system allocator (unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise): its default pool (mimalloc) keeps tens of MiB of freed row groups
+    for reuse, which is what a long streaming run must not hold (see docs/performance.md)."""
+    global _ARROW_POOL_SET
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not _ARROW_POOL_SET:
+        _ARROW_POOL_SET = True
+        if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+            pa.set_memory_pool(pa.system_memory_pool())
+    return pa, pq
 
 
 def _parse_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
@@ -540,7 +578,7 @@ class ParquetSink:
     that was all null in one group and typed in another is promoted) and moves it into place atomically. Secret
     values are scrubbed from every row."""
 
-    def __init__(self, path: Path, row_group_size: int = 2000, secrets: list[str] | None = None):
+    def __init__(self, path: Path, row_group_size: int = ROW_GROUP, secrets: list[str] | None = None):
         self.path = Path(path)
         self.row_group_size = row_group_size
         self.rows = 0
@@ -568,9 +606,7 @@ class ParquetSink:
             self.write(r)
 
     def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = _arrow()
         rows, self._buf = self._buf, []
         if not rows:
             return
@@ -582,11 +618,11 @@ class ParquetSink:
         part = self.path.with_name(f"{self.path.name}.part-{len(self._parts):05d}")
         pq.write_table(pa.Table.from_pylist(rows), part)
         self._parts.append(part)
+        del rows
+        release_memory()
 
     def close(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = _arrow()
         if self._closed:
             return
         self._flush()
@@ -623,6 +659,7 @@ class ParquetSink:
         for p in self._parts:
             p.unlink(missing_ok=True)
         self._parts = []
+        release_memory()
 
     def __enter__(self) -> ParquetSink:
         return self
@@ -649,7 +686,7 @@ def _decode(rows: list[dict[str, Any]], json_cols: list[str]) -> list[dict[str, 
 
 def iter_parquet(path: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
     """The rows of a Parquet file written by evolkit, batch by batch."""
-    import pyarrow.parquet as pq
+    _, pq = _arrow()
 
     f = pq.ParquetFile(path)
     json_cols = json.loads((f.schema_arrow.metadata or {}).get(_JSON_COLS, b"[]"))
@@ -658,7 +695,7 @@ def iter_parquet(path: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
+    _, pq = _arrow()
 
     table = pq.read_table(path)
     json_cols = json.loads((table.schema.metadata or {}).get(_JSON_COLS, b"[]"))
@@ -674,7 +711,7 @@ class ParquetTable(Sequence):  # type: ignore[type-arg]
     few row groups whatever the file's size."""
 
     def __init__(self, path: Path, convert: Any = None, cache_groups: int = 2):
-        import pyarrow.parquet as pq
+        _, pq = _arrow()
 
         self.path = Path(path)
         self.convert = convert
