@@ -710,7 +710,7 @@ class ParquetTable(Sequence):  # type: ignore[type-arg]
     (what a generation step does) reads each group about once; iterating streams the groups in order. Memory holds a
     few row groups whatever the file's size."""
 
-    def __init__(self, path: Path, convert: Any = None, cache_groups: int = 2):
+    def __init__(self, path: Path, convert: Any = None, cache_groups: int = 8):
         _, pq = _arrow()
 
         self.path = Path(path)
