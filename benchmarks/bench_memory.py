@@ -43,7 +43,7 @@ stages:
     rounds: [{{pool: seeds, children_per_parent: 0.675}}]
     k: 4
     plots: false
-"""
+{dedup}"""
 
 
 class TreePeak:
@@ -116,6 +116,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[2000, 32000, 128000])
     ap.add_argument("--stages", nargs="+", choices=["sft", "evolve"], default=["sft", "evolve"])
+    ap.add_argument("--no-near-dedup", action="store_true",
+                    help="evolve without MinHash near-dedup (exact dedup stays): isolates the dedup index's share")
     ap.add_argument("--keep", help="keep the run folders under this folder (default: a temporary folder, removed)")
     ap.add_argument("--json", help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -127,7 +129,8 @@ def main() -> None:
             work = base / f"n{n}"
             seeds = write_seed_file(work / "seeds" / "train.jsonl", n)
             cfg = work / "config.yaml"
-            cfg.write_text(CONFIG.format(url=stub.url, seeds=seeds))
+            dedup = "    dedup: {near_threshold: null}\n" if args.no_near_dedup else ""
+            cfg.write_text(CONFIG.format(url=stub.url, seeds=seeds, dedup=dedup))
             run_dir = work / "run"
             run_seeds(cfg, run_dir)
             results[n] = {}

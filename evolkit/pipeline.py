@@ -27,7 +27,7 @@ import numpy as np
 
 from . import prompts
 from .backends import Backend
-from .backends.base import LazyRequests, Result, Sampling, Subseq
+from .backends.base import LazyRequests, Recent, Result, Sampling, Subseq
 from .config import RunConfig, data_differences
 from .errors import ConfigError, EvolkitError
 from .progress import Progress
@@ -176,8 +176,10 @@ class Context:
         counts = self.counts.setdefault(stage, RequestCounts())
         if not len(todo):
             return reader
-        items = Subseq(step.items, todo)
-        requests = LazyRequests(items, step.request)
+        # Items and requests are built when the backend asks for them; each is asked for several times while it is
+        # in flight (sent, stored in the cache, made into rows, written), and built once for all of them.
+        items = Recent(Subseq(step.items, todo))
+        requests = Recent(LazyRequests(items, step.request))
         requests[0]  # build one request now: the prompt files it reads are recorded before anything is sent
         self.save_prompt_lock()
         backend = self.backend(step.role)
