@@ -237,7 +237,8 @@ class Context:
 def pending_items(step: Step, reader: GroupReader) -> np.ndarray:
     """Positions of the step's items that still need a request: the first item of each key whose latest record is
     not a success. Keys are held as 16-byte digests in numpy arrays (memory stays small at any item count)."""
-    digests = np.fromiter((key_digest(step.key(item)) for item in step.items), dtype="S16", count=len(step.items))
+    keys = step.keys if step.keys is not None else (step.key(item) for item in step.items)
+    digests = np.fromiter((key_digest(k) for k in keys), dtype="S16", count=len(step.items))
     first = np.zeros(len(digests), dtype=bool)
     first[np.unique(digests, return_index=True)[1]] = True
     todo = np.nonzero(first & ~reader.ok_many(digests))[0]

@@ -339,12 +339,12 @@ class RunStore:
             raise FileNotFoundError(f"{path}: stage {stage!r} has no output {name!r} yet (run that stage first)")
         return iter_parquet(path, batch_size)
 
-    def table(self, stage: str, name: str, convert: Any = None) -> ParquetTable:
+    def table(self, stage: str, name: str, convert: Any = None, columns: list[str] | None = None) -> ParquetTable:
         """A finished output as a read-only sequence read row group by row group (see :class:`ParquetTable`)."""
         path = self.root / stage / f"{name}.parquet"
         if not path.exists():
             raise FileNotFoundError(f"{path}: stage {stage!r} has no output {name!r} yet (run that stage first)")
-        return ParquetTable(path, convert)
+        return ParquetTable(path, convert, columns=columns)
 
     def outputs(self) -> dict[str, dict[str, Path]]:
         """All finished outputs: {stage: {name: parquet path}}."""
@@ -705,16 +705,17 @@ def read_parquet(path: Path) -> list[dict[str, Any]]:
 class ParquetTable(Sequence):  # type: ignore[type-arg]
     """The rows of a Parquet file as a read-only sequence, read one row group at a time.
 
-    ``table[i]`` reads the row group holding row ``i`` (``convert`` applied to each of its rows, e.g.
-    ``Problem.model_validate``) and keeps the last ``cache_groups`` groups, so sequential and nearly sequential access
+    ``table[i]`` reads the row group holding row ``i`` (only ``columns`` when given; ``convert`` applied to each of
+    its rows, e.g. ``Problem.model_validate``) and keeps the last ``cache_groups`` groups, so sequential and nearly sequential access
     (what a generation step does) reads each group about once; iterating streams the groups in order. Memory holds a
     few row groups whatever the file's size."""
 
-    def __init__(self, path: Path, convert: Any = None, cache_groups: int = 8):
+    def __init__(self, path: Path, convert: Any = None, cache_groups: int = 8, columns: list[str] | None = None):
         _, pq = _arrow()
 
         self.path = Path(path)
         self.convert = convert
+        self.columns = columns
         self.cache_groups = max(1, cache_groups)
         self._pf = pq.ParquetFile(self.path)
         md = self._pf.metadata
@@ -732,7 +733,7 @@ class ParquetTable(Sequence):  # type: ignore[type-arg]
         if rows is not None:
             self._cache[g] = self._cache.pop(g)  # most recently used last
             return rows
-        rows = _decode(self._pf.read_row_group(g).to_pylist(), self._json_cols)
+        rows = _decode(self._pf.read_row_group(g, columns=self.columns).to_pylist(), self._json_cols)
         if self.convert is not None:
             rows = [self.convert(r) for r in rows]
         self._cache[g] = rows

@@ -134,6 +134,9 @@ class Step:
     make_rows: MakeRows
     #: Shown on the progress line.
     desc: str = ""
+    #: The items' keys in item order, when they can be had without building the items (resume checks every key
+    #: before anything is sent; items that are costly to build are then built only when sent). None: ``key(item)``.
+    keys: Sequence[Hashable] | None = None
 
 
 class RunConfigLike(Protocol):

@@ -218,11 +218,14 @@ class CachedBackend(Backend):
             yield i, hit
         if not misses:
             return
-        # Results not taken yet: up to ``buffer`` of them in memory, beyond that only their index (8 bytes each; the
-        # result is in the cache and read back when its turn comes). Failed results are not cached: always kept.
+        # Results not taken yet, in arrival order: up to ``buffer`` of them in memory; beyond that only their index
+        # (8 bytes; the result is in the cache and read back when its turn comes) until the backlog is drained. Failed
+        # results are not cached: they are kept (they are small and rare). Arrival order is kept so that the caller
+        # sees items in about the order it asked for them (lazily read items are then read sequentially).
         pending: collections.deque[tuple[int, Result]] = collections.deque()
         spilled = array("q")
         spill_pos = 0
+        failed: dict[int, Result] = {}
         arrived = asyncio.Event()
         state: dict[str, Any] = {"done": False, "error": None}
 
@@ -233,10 +236,12 @@ class CachedBackend(Backend):
                     if res.ok:
                         self.cache.put(requests[i].cache_key(self.model), res)
                     self.stats.add(res)
-                    if len(pending) < self.buffer or not res.ok:
+                    if len(spilled) == spill_pos and len(pending) < self.buffer:
                         pending.append((i, res))
                     else:
                         spilled.append(i)
+                        if not res.ok:
+                            failed[i] = res
                     arrived.set()
             except BaseException as e:  # noqa: BLE001 - raised to the caller
                 state["error"] = e
@@ -253,10 +258,10 @@ class CachedBackend(Backend):
                 if spill_pos < len(spilled):
                     i = spilled[spill_pos]
                     spill_pos += 1
-                    if spill_pos == len(spilled):  # all read back: start the array afresh
+                    if spill_pos == len(spilled):  # the backlog is drained: start the array afresh
                         del spilled[:]
                         spill_pos = 0
-                    res = self.cache.get(requests[i].cache_key(self.model))
+                    res = failed.pop(i, None) or self.cache.get(requests[i].cache_key(self.model))
                     if res is None:  # pragma: no cover - the cache lost an entry it was given
                         res = Result(error="the request cache lost this result")
                     yield i, res

@@ -44,9 +44,16 @@ deterministic child id (round, parent id, operation, child index). The plan of e
 seeded with (seed, round, pass) and from results that are themselves deterministic, so a killed run re-plans exactly the
 same children, sends only the missing requests and ends with the same pool as an uninterrupted run.
 
+Memory: nothing of a child stays in memory once it is decided but a few bytes. A pass's plan is a set of arrays (parent
+position, operation, child index, evolver); children, their texts and their answers are read back from the shards when
+needed and go through the filters and the vote in chunks; every decision (kept or eliminated) is one line in a scratch
+file (``evolve/.work/``, rebuilt by every session, removed when the stage finishes) and the outputs are written from it
+in their final order. Each round's kept problems (the next rounds' parents) are a scratch Parquet file read a row group
+at a time. What grows with the pool is the dedup index (:class:`evolkit.filters.Deduper`).
+
 Outputs (``evolve/``): ``problems`` (evolved :class:`~evolkit.records.Problem` rows with lineage and pseudo-gold),
 ``evol`` (:class:`~evolkit.records.EvolExample`), ``solutions`` (every sample of the kept problems, verdict against the
-pseudo-gold), ``sft`` (the seed SFT data from the ``sft`` stage plus the evolved problems' agreeing solutions),
+pseudo-gold), ``sft_evolved`` (the evolved problems' solutions that agree with the pseudo-gold, as SFT rows),
 ``eliminated`` (every child that was dropped, with reason, detail and the matching item), ``summary.json``,
 ``growth.png`` and ``difficulty.png``.
 """
@@ -67,7 +74,7 @@ from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -270,10 +277,26 @@ def planned_sizes(rounds: list[RoundConfig], n_seeds: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class Parent(NamedTuple):
+    """What evolving a problem needs of it (a seed's or a kept problem's Parquet row, a few columns)."""
+
+    id: str
+    question: str
+    root_id: str
+
+
+#: The Parquet columns a :class:`Parent` (and its root source) is read from.
+PARENT_COLUMNS = ["id", "question", "root_id"]
+
+
+def _kept_parent(row: dict[str, Any]) -> tuple[Parent, str]:
+    return Parent(row["id"], row["question"], row["root_id"]), row["root_source"]
+
+
 @dataclass
 class Child:
     id: str
-    parent: Problem
+    parent: Problem | Parent
     op: str
     index: int
     round: int
@@ -361,11 +384,23 @@ def plan_arrays(n_parents: int, n: int, weights: dict[str, float], rng: random.R
     return Plan(names, parent, op, index, role)
 
 
+class SeedRef(NamedTuple):
+    """A seed as the engine reads it (see :func:`run`)."""
+
+    id: str
+    question: str
+    root_id: str
+    source: str
+
+
+SEED_COLUMNS = ["id", "question", "root_id", "source"]
+
+
 class Segment:
     """A part of the pool: ``(problem, root source)`` pairs read lazily (the seeds, or one round's kept problems in id
     order) and the children each has had so far (child indices continue across passes and rounds)."""
 
-    def __init__(self, items: Sequence[tuple[Problem, str]]):
+    def __init__(self, items: Sequence[tuple[Parent | Problem, str]]):
         self.items = items
         self.counts = np.zeros(len(items), dtype=np.int64)
 
@@ -412,12 +447,12 @@ class Children(Sequence):  # type: ignore[type-arg]
     """The children of a :class:`Plan`, each made when asked (children of one parent are next to each other, so the
     parent is read once for all of them)."""
 
-    def __init__(self, parents: Sequence[tuple[Problem, str]], plan: Plan, round_: int, pass_: int):
+    def __init__(self, parents: Sequence[tuple[Parent | Problem, str]], plan: Plan, round_: int, pass_: int):
         self.parents = parents
         self.plan = plan
         self.round = round_
         self.pass_ = pass_
-        self._last: tuple[int, tuple[Problem, str]] | None = None
+        self._last: tuple[int, tuple[Parent | Problem, str]] | None = None
 
     def __len__(self) -> int:
         return len(self.plan)
@@ -522,11 +557,6 @@ class Decisions:
 FILTER_CHUNK = 2048
 #: Answered children are voted on this many at a time.
 VOTE_CHUNK = 512
-
-
-def _parent_of_row(row: dict[str, Any]) -> tuple[Problem, str]:
-    src = row.pop("root_source")
-    return Problem.model_validate(row), src
 
 
 class Engine:
@@ -767,6 +797,7 @@ class Engine:
         reader = await sft_stage.solve_problems(
             self.ctx, Mapped(survivors, problem_of), self.sft_cfg, stage=STAGE, name=f"round{r:02d}_solutions",
             task="solve", desc=f"evolve: round {r} answering", gold_of=lambda p: None,
+            keys=Mapped(survivors, lambda j: children[j].id),
         )
         checker = self.ctx.checker()
         answer_model = self.ctx.backend("main").model
@@ -889,7 +920,8 @@ class Engine:
         for rec in self.decisions.sorted("kept", r):
             sink.write({**rec["problem"], "root_source": rec["root_source"]})
         sink.close()
-        self.round_segments[r] = Segment(ParquetTable(sink.path, _parent_of_row))
+        table = ParquetTable(sink.path, _kept_parent, columns=PARENT_COLUMNS + ["root_source"])
+        self.round_segments[r] = Segment(table)
 
     async def run_round(self, r: int, rc: RoundConfig, planned: float) -> RoundStats:
         cfg = self.cfg
@@ -925,7 +957,9 @@ class Engine:
         return stats
 
     async def run(self, seeds: Sequence[Problem]) -> None:
-        self.seeds_segment = Segment(Mapped(seeds, lambda p: (p, p.source)))
+        """Run every round from ``seeds`` (anything with ``id``, ``question``, ``root_id`` and ``source``: e.g. the
+        few columns of the seeds' Parquet file that evolving needs, see :func:`run`)."""
+        self.seeds_segment = Segment(Mapped(seeds, lambda p: (Parent(p.id, p.question, p.root_id), p.source)))
         for lo in range(0, len(seeds), FILTER_CHUNK):
             chunk = seeds[lo : lo + FILTER_CHUNK]
             self.deduper.add([s.id for s in chunk], [s.question for s in chunk])
@@ -1150,9 +1184,12 @@ def make_plots(summary: dict[str, Any], out_dir: Any) -> list[str]:
 def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
-    seeds = ctx.seeds()
-    engine = Engine(ctx, cfg)
     store = ctx.store
+    ctx.seeds()  # the seeds stage is done
+    # The seeds as the engine reads them, over and over: only the columns it needs, as light tuples.
+    seeds = store.table("seeds", "problems", lambda r: SeedRef(r["id"], r["question"], r["root_id"], r["source"]),
+                        columns=SEED_COLUMNS)
+    engine = Engine(ctx, cfg)
     try:
         engine.setup_decontamination(seeds)
         asyncio.run(engine.run(seeds))

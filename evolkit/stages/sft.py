@@ -146,13 +146,14 @@ async def solution_rows(env: StepEnv, item: tuple[Problem, Any], res: Any, drop_
 async def solve_problems(
     ctx: StageContext, problems: Sequence[Problem], cfg: Config, stage: str, name: str = "solutions",
     task: str = "solve", desc: str = "solving", backend_role: str = "main",
-    gold_of: Callable[[Problem], Any] | None = None,
+    gold_of: Callable[[Problem], Any] | None = None, keys: Sequence[str] | None = None,
 ) -> GroupReader:
     """Solve ``problems`` k times each (one request with n = k), check the answers; every problem's k Solution rows
     are one record of ``stage/name``, keyed by problem id. Returns the reader of those records.
 
     ``gold_of(problem)`` gives the answer to check against (default: the problem's gold answer; None leaves the
-    verdict ``unchecked``)."""
+    verdict ``unchecked``). ``keys``: the problems' ids in order, when ``problems`` is costly to read (see
+    :attr:`evolkit.types.Step.keys`)."""
     sampling = ctx.sampling(cfg.sampling, n=cfg.k)
     gold_of = gold_of or (lambda p: p.gold_answer)
     pre = prefixes(cfg)
@@ -163,7 +164,7 @@ async def solve_problems(
     items = Mapped(problems, lambda p: (p, gold_of(p)))  # built when asked: the problems may be read lazily
     step = Step(backend_role, items, key=lambda it: it[0].id, request=request,
                 make_rows=functools.partial(solution_rows, drop_truncated=cfg.drop_truncated,
-                                            sampling=sampling.as_dict()), desc=desc)
+                                            sampling=sampling.as_dict()), desc=desc, keys=keys)
     return await ctx.generate(stage, name, step)
 
 
