@@ -1,9 +1,10 @@
 """An instant, content-aware OpenAI-compatible stub for the memory and scale benchmarks (run in its own process).
 
 Replies come from ``tests/stub_replies.py`` (an evolution prompt gets a new word problem with numbers, a solve prompt a
-three-step solution whose final answer agrees across most samples), plus one rule for the synthetic seeds of
-:func:`synthetic_problem`: a solve prompt of such a seed gets the right answer in 80% of the samples, so the sft stage
-keeps and drops rows as it would on a real teacher. ``GET /stats`` returns the requests and completions served so far
+three-step solution whose final answer agrees across most samples), plus two rules: a solve prompt of a synthetic seed
+(:func:`synthetic_problem`) gets the right answer in 80% of the samples, so the sft stage keeps and drops rows as it
+would on a real teacher; and 4.5% of evolutions are what the filters exist for (refusals, exact and near copies of a
+few stock problems, copies of GSM8k test problems: see :func:`evolution`), so every filter eliminates something. ``GET /stats`` returns the requests and completions served so far
 (counted at the server, so a benchmark can tell how many requests a resumed run sent again).
 
 Usage: ``python benchmarks/stub_server.py`` prints the port it listens on, then serves until killed.
@@ -60,11 +61,50 @@ def write_seed_file(path: Path, n: int) -> Path:
     return path
 
 
+#: Evolutions that the filters must catch, per 1,000: refusals, exact copies of a few stock problems (every copy after
+#: the first is a duplicate), near copies of them, and copies of benchmark test problems (decontamination).
+REFUSE, EXACT, NEAR, TEST = 10, 15, 10, 10
+_STOCK = [smart_reply([{"role": "user", "content": f"Rewrite the math problem stock {i}"}], 0) for i in range(50)]
+_TESTS: list[str] = []
+
+
+def _test_questions() -> list[str]:
+    if not _TESTS:
+        from evolkit.settings import data_dir
+
+        path = data_dir() / "gsm8k" / "test.jsonl"
+        if path.exists():
+            with open(path, encoding="utf-8") as f:
+                _TESTS.extend(json.loads(line)["question"] for line in f if line.strip())
+        _TESTS.append("")  # looked once
+    return _TESTS[:-1]
+
+
+def evolution(messages: list[dict[str, Any]], index: int, seed: Any, last: str) -> str:
+    x = h("filters", last, seed, index) % 1000
+    pick = h("pick", last, seed, index)
+    if x < REFUSE:
+        return "I'm sorry, but I can't rewrite this problem."
+    x -= REFUSE
+    if x < EXACT:
+        return _STOCK[pick % len(_STOCK)]
+    x -= EXACT
+    if x < NEAR:
+        return _STOCK[pick % len(_STOCK)] + " Explain."
+    x -= NEAR
+    tests = _test_questions()
+    if x < TEST and tests:
+        return tests[pick % len(tests)]
+    return smart_reply(messages, index, seed)
+
+
 def reply(messages: list[dict[str, Any]], index: int, seed: Any = None) -> str:
     last = next((m.get("content", "") for m in reversed(messages) if m.get("role") == "user"), "")
     m = _SYNTH.search(last)
     system = next((m_.get("content", "") for m_ in messages if m_.get("role") == "system"), "")
-    if m and not system.startswith("You write math problems") and not last.startswith("Rewrite the math problem"):
+    if system.startswith("You write math problems") or last.startswith("Rewrite the math problem"):
+        return evolution(messages, index, seed, last)
+    if m:
         a, _, b, c, d, e = m.groups()
         ans = int(a) + int(b) + int(c) * int(d) - int(e)
         if h("agree", last, index, seed) % 10 >= 8:
