@@ -16,7 +16,7 @@ every output row for row with the uninterrupted run. Goals: <= 15 min and <= 1 G
 Usage (long: run it by hand)::
 
     EVOLKIT_DATA=/path/to/shared/data .venv/bin/python benchmarks/bench_scale.py [--work DIR] [--concurrency 128]
-        [--kill-round 5] [--kill-lines 2000] [--no-kill]
+        [--kill-round 5] [--kill-lines 2000] [--no-kill] [--profile]
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -59,13 +60,19 @@ def _cli(args: list[str]) -> list[str]:
     return [sys.executable, "-m", "evolkit.cli", *args, "--no-progress"]
 
 
-def timed_run(args: list[str], kill_when: object = None) -> dict:
+def timed_run(args: list[str], kill_when: object = None, profile: Path | None = None) -> dict:
     """Run the CLI in its own process group; sample its tree's RSS; kill it (SIGKILL to the group) when
-    ``kill_when()`` turns true. Returns wall time, peak RSS and whether it was killed."""
+    ``kill_when()`` turns true; with ``profile``, record it with py-spy (raw stacks, 50 Hz, with its checker workers).
+    Returns wall time, peak RSS and whether it was killed."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(_cli(args), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True)
     mem = TreePeak(proc.pid, every=0.2)
+    spy = None
+    if profile is not None:
+        exe = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        spy = subprocess.Popen([exe, "record", "--pid", str(proc.pid), "--subprocesses", "--format", "raw", "-r",
+                                str(SPY_RATE), "-o", str(profile)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     killed = False
     if kill_when is not None:
         while proc.poll() is None:
@@ -77,9 +84,64 @@ def timed_run(args: list[str], kill_when: object = None) -> dict:
     _, err = proc.communicate()
     peak = mem.stop()
     wall = time.perf_counter() - t0
+    if spy is not None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(300)
     if not killed and proc.returncode != 0:
         raise SystemExit(f"evolkit {' '.join(args)} failed ({proc.returncode}):\n{err.decode()[-4000:]}")
     return {"wall_s": wall, "peak_mib": peak, "killed": killed}
+
+
+SPY_RATE = 50
+#: Where the time goes (inclusive on-CPU seconds of these functions, from the py-spy stacks).
+PHASES = [
+    ("Engine.evolve", "evolution requests (prompts, client, rows, shard writes)"),
+    ("solve_problems", "answer requests (prompts, client, answer extraction and checks, shard writes)"),
+    ("OpenAIBackend._call", "  of which the HTTP client"),
+    ("solution_rows", "  of which solution rows (extract, check, split steps, records)"),
+    ("Eliminator.check", "text rules"),
+    ("Decontaminator.match_many", "decontamination (filters)"),
+    ("Deduper.check", "dedup against the pool (filters)"),
+    ("Deduper.add", "seeds into the dedup index (filters)"),
+    ("Engine.setup_decontamination", "decontamination index of the test sets (filters)"),
+    ("majority_answer", "majority vote (answer checker)"),
+    ("AnswerChecker.acheck_many", "answer checks from the event loop (answer checker)"),
+    ("AnswerChecker.check_many", "all answer checks in the driver (answer checker)"),
+    ("Engine._decide", "marking solutions, keep/eliminate records"),
+    ("CachedBackend._lookup", "request cache lookups"),
+    ("RequestCache.put", "request cache writes"),
+    ("GroupReader.get", "reading records back from shards"),
+    ("ShardWriter.write", "shard writes"),
+    ("write_outputs", "final Parquet outputs"),
+    ("Engine._close_round", "each round's kept problems (scratch Parquet)"),
+]
+
+
+def profile_summary(path: Path) -> list[str]:
+    """Inclusive on-CPU seconds of :data:`PHASES` in the driver, and the checker workers' total."""
+    incl: dict[str, int] = {}
+    driver = workers = 0
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        frames = stack.split(";")
+        if any("Condition.wait" in f or "select (" in f for f in frames[-2:]):
+            continue  # idle helper threads (py-spy counts a thread waiting on a lock as busy)
+        if any("forkserver" in f or "_worker_main" in f or "pebble" in f for f in frames):
+            workers += int(n)
+            continue
+        driver += int(n)
+        names = {f.split(" (")[0] for f in frames}
+        for ph, _ in PHASES:
+            if ph in names or any(x.endswith("." + ph) for x in names):
+                incl[ph] = incl.get(ph, 0) + int(n)
+    out = [f"profile (py-spy, {SPY_RATE} Hz): driver {driver / SPY_RATE:.0f} CPU s, answer-checker workers "
+           f"{workers / SPY_RATE:.0f} CPU s; inclusive driver CPU by phase:"]
+    for ph, label in PHASES:
+        v = incl.get(ph, 0)
+        out.append(f"  {v / SPY_RATE:7.1f} s {100 * v / max(1, driver):5.1f}%  {ph}: {label}")
+    return out
 
 
 def _lines(paths: list[Path]) -> int:
@@ -130,6 +192,8 @@ def main() -> None:
     ap.add_argument("--kill-lines", type=int, default=2000,
                     help="kill when the round's answer shard holds this many records")
     ap.add_argument("--no-kill", action="store_true", help="only the uninterrupted run")
+    ap.add_argument("--profile", action="store_true",
+                    help="record the uninterrupted run with py-spy and print where its time goes (slows it a little)")
     args = ap.parse_args()
     from evolkit.settings import data_dir
 
@@ -147,7 +211,8 @@ def main() -> None:
         # 1. The uninterrupted run.
         ref = work / "ref"
         s0 = stub.stats()
-        r = timed_run(["evolve", str(cfg), "-o", str(ref)])
+        prof = work / "pyspy.txt" if args.profile else None
+        r = timed_run(["evolve", str(cfg), "-o", str(ref)], profile=prof)
         s1 = stub.stats()
         req, comp = s1["requests"] - s0["requests"], s1["completions"] - s0["completions"]
         summary = json.loads((ref / "evolve" / "summary.json").read_text())
@@ -162,6 +227,8 @@ def main() -> None:
         for rd in summary["rounds"]:
             print(f"  round {rd['round']}: pool {rd['pool']:>8}, parents {rd['parents']:>6}, requested "
                   f"{rd['requested']:>6}, kept {rd['kept']:>6} (planned {rd['planned']:.0f}), passes {rd['passes']}")
+        if prof is not None and prof.exists():
+            print("\n".join(profile_summary(prof)) + f"\n  (raw stacks: {prof})", flush=True)
         if args.no_kill:
             return
 
