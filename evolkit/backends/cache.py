@@ -224,6 +224,7 @@ class CachedBackend(Backend):
         # sees items in about the order it asked for them (lazily read items are then read sequentially).
         pending: collections.deque[tuple[int, Result]] = collections.deque()
         spilled = array("q")
+        spilled_keys = bytearray()  # the 32-byte cache key of each spilled result (its request is not built again)
         spill_pos = 0
         failed: dict[int, Result] = {}
         arrived = asyncio.Event()
@@ -233,14 +234,16 @@ class CachedBackend(Backend):
             try:
                 async for j, res in self.inner.stream(Subseq(requests, misses)):
                     i = misses[j]
-                    if res.ok:
-                        self.cache.put(requests[i].cache_key(self.model), res)
+                    key = requests[i].cache_key(self.model) if res.ok else None
+                    if key is not None:
+                        self.cache.put(key, res)
                     self.stats.add(res)
                     if len(spilled) == spill_pos and len(pending) < self.buffer:
                         pending.append((i, res))
                     else:
                         spilled.append(i)
-                        if not res.ok:
+                        spilled_keys.extend(bytes.fromhex(key) if key is not None else bytes(32))  # sha256 hex
+                        if key is None:
                             failed[i] = res
                     arrived.set()
             except BaseException as e:  # noqa: BLE001 - raised to the caller
@@ -257,11 +260,13 @@ class CachedBackend(Backend):
                     continue
                 if spill_pos < len(spilled):
                     i = spilled[spill_pos]
+                    key = spilled_keys[32 * spill_pos : 32 * spill_pos + 32].hex()
                     spill_pos += 1
-                    if spill_pos == len(spilled):  # the backlog is drained: start the array afresh
+                    if spill_pos == len(spilled):  # the backlog is drained: start the arrays afresh
                         del spilled[:]
+                        del spilled_keys[:]
                         spill_pos = 0
-                    res = failed.pop(i, None) or self.cache.get(requests[i].cache_key(self.model))
+                    res = failed.pop(i, None) or self.cache.get(key)
                     if res is None:  # pragma: no cover - the cache lost an entry it was given
                         res = Result(error="the request cache lost this result")
                     yield i, res
