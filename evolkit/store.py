@@ -355,23 +355,6 @@ class RunStore:
         return res
 
 
-def release_memory() -> None:
-    """Give memory freed by large transient buffers (Arrow row groups, JSON batches) back to the operating system
-    (glibc's ``malloc_trim``; nothing elsewhere). A streaming run frees such buffers over and over; without this the C
-    heap keeps them and the process's resident memory creeps up with the run's length."""
-    global _TRIM
-    if _TRIM is None:
-        try:
-            import ctypes
-
-            _TRIM = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _TRIM = False
-    if _TRIM:
-        _TRIM(0)
-
-
-_TRIM: Any = None
 _ARROW_POOL_SET = False
 
 
@@ -618,8 +601,6 @@ class ParquetSink:
         part = self.path.with_name(f"{self.path.name}.part-{len(self._parts):05d}")
         pq.write_table(pa.Table.from_pylist(rows), part)
         self._parts.append(part)
-        del rows
-        release_memory()
 
     def close(self) -> None:
         pa, pq = _arrow()
@@ -659,7 +640,6 @@ class ParquetSink:
         for p in self._parts:
             p.unlink(missing_ok=True)
         self._parts = []
-        release_memory()
 
     def __enter__(self) -> ParquetSink:
         return self
