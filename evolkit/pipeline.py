@@ -18,23 +18,28 @@ import hashlib
 import importlib
 import logging
 import time
-from array import array
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from . import prompts
 from .backends import Backend
-from .backends.base import LazyRequests, Result, Sampling, Subseq
+from .backends.base import LazyRequests, Recent, Result, Sampling, Subseq
 from .config import RunConfig, data_differences
 from .errors import ConfigError, EvolkitError
 from .progress import Progress
 from .records import Problem
 from .settings import register_secret_envs
-from .store import GroupReader, RunStore
+from .store import GroupReader, RunStore, key_digest
 from .types import BackendConfig, Step, StepEnv
 
 log = logging.getLogger("evolkit")
+
+#: Entries of the answer checker's verdict cache.
+CHECKER_CACHE = 8192
 
 #: Pipeline order of the stages (seeds first).
 ORDER = ("seeds", "sft", "evolve", "irm", "prm")
@@ -138,7 +143,9 @@ class Context:
         if self._checker is None:
             from .answers import AnswerChecker
 
-            self._checker = AnswerChecker()
+            # A small verdict cache: the k samples of one problem share their checks; beyond that, 100k cached
+            # pairs (the default) are ~40 MiB that grow with the run.
+            self._checker = AnswerChecker(cache_size=CHECKER_CACHE)
         return self._checker
 
     def sampling(self, *overrides: dict[str, Any] | None, n: int = 1) -> Sampling:
@@ -149,10 +156,12 @@ class Context:
         return Sampling(temperature=base["temperature"], top_p=base["top_p"], max_tokens=base["max_tokens"], n=n,
                         stop=tuple(base.get("stop") or ()), seed=base.get("seed"))
 
-    def seeds(self) -> list[Problem]:
+    def seeds(self) -> Sequence[Problem]:
+        """The seed problems, read from the seeds stage's Parquet output a row group at a time (memory stays flat
+        whatever their number)."""
         if not self.store.is_done("seeds"):
             run_seeds(self)
-        return [Problem.model_validate(r) for r in self.store.iter_output("seeds", "problems")]
+        return self.store.table("seeds", "problems", Problem.model_validate)
 
     # -- the one generation helper ----------------------------------------------------------------------------------
     async def generate(self, stage: str, name: str, step: Step) -> GroupReader:
@@ -164,22 +173,14 @@ class Context:
         authentication error ends the step at once (:class:`StageFailed`)."""
         store = self.store
         reader = store.groups(stage, name)
-        seen: set[str] = set()
-        todo = array("q")
-        for i, item in enumerate(step.items):
-            k = step.key(item)
-            ks = k if isinstance(k, str) else repr(k)
-            if ks in seen:
-                continue
-            seen.add(ks)
-            if not reader.ok(k):
-                todo.append(i)
-        del seen
+        todo = pending_items(step, reader)
         counts = self.counts.setdefault(stage, RequestCounts())
-        if not todo:
+        if not len(todo):
             return reader
-        items = Subseq(step.items, todo)
-        requests = LazyRequests(items, step.request)
+        # Items and requests are built when the backend asks for them; each is asked for several times while it is
+        # in flight (sent, stored in the cache, made into rows, written), and built once for all of them.
+        items = Recent(Subseq(step.items, todo))
+        requests = Recent(LazyRequests(items, step.request))
         requests[0]  # build one request now: the prompt files it reads are recorded before anything is sent
         self.save_prompt_lock()
         backend = self.backend(step.role)
@@ -232,6 +233,17 @@ class Context:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def pending_items(step: Step, reader: GroupReader) -> np.ndarray:
+    """Positions of the step's items that still need a request: the first item of each key whose latest record is
+    not a success. Keys are held as 16-byte digests in numpy arrays (memory stays small at any item count)."""
+    keys = step.keys if step.keys is not None else (step.key(item) for item in step.items)
+    digests = np.fromiter((key_digest(k) for k in keys), dtype="S16", count=len(step.items))
+    first = np.zeros(len(digests), dtype=bool)
+    first[np.unique(digests, return_index=True)[1]] = True
+    todo = np.nonzero(first & ~reader.ok_many(digests))[0]
+    return todo
 
 
 def scrub_text(text: str | None) -> str:

@@ -18,15 +18,18 @@ torn last line left by a SIGKILL is ignored and its item redone). Stage outputs 
 
 from __future__ import annotations
 
+import bisect
+import hashlib
 import json
 import os
 import re
 import threading
 import time
-from collections.abc import Hashable, Iterable, Iterator
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from .errors import DataError
@@ -34,6 +37,9 @@ from .settings import secret_values
 
 SECRET_KEY_RE = re.compile(r"(api[_-]?key|token|secret|password)$", re.I)
 _JSON_COLS = b"evolkit.json_columns"
+#: Rows per Parquet row group of the run's outputs: what a writer buffers and a lazy reader caches. Small groups keep a
+#: streaming stage's memory flat (2,000-row groups cost ~20 MiB more at 32k rows: benchmarks/bench_memory.py).
+ROW_GROUP = 500
 
 
 def scrub(obj: Any, secrets: list[str] | None = None) -> Any:
@@ -314,7 +320,7 @@ class RunStore:
         """The group records of ``stage/name`` written so far, by key."""
         return GroupReader(self._shards(stage, name))
 
-    def sink(self, stage: str, name: str, row_group_size: int = 2000) -> ParquetSink:
+    def sink(self, stage: str, name: str, row_group_size: int = ROW_GROUP) -> ParquetSink:
         """A streaming Parquet writer for the output ``stage/name`` (pass it to :meth:`finish` once written)."""
         return ParquetSink(self.stage_dir(stage) / f"{name}.parquet", row_group_size=row_group_size)
 
@@ -365,6 +371,13 @@ class RunStore:
             raise FileNotFoundError(f"{path}: stage {stage!r} has no output {name!r} yet (run that stage first)")
         return iter_parquet(path, batch_size)
 
+    def table(self, stage: str, name: str, convert: Any = None, columns: list[str] | None = None) -> ParquetTable:
+        """A finished output as a read-only sequence read row group by row group (see :class:`ParquetTable`)."""
+        path = self.root / stage / f"{name}.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: stage {stage!r} has no output {name!r} yet (run that stage first)")
+        return ParquetTable(path, convert, columns=columns)
+
     def outputs(self) -> dict[str, dict[str, Path]]:
         """All finished outputs: {stage: {name: parquet path}}."""
         res: dict[str, dict[str, Path]] = {}
@@ -372,6 +385,24 @@ class RunStore:
             for name, o in info.get("outputs", {}).items():
                 res.setdefault(stage, {})[name] = self.root / o["path"]
         return res
+
+
+_ARROW_POOL_SET = False
+
+
+def _arrow() -> tuple[Any, Any]:
+    """``(pyarrow, pyarrow.parquet)``. The first call puts Arrow on the system allocator (unless
+    ``ARROW_DEFAULT_MEMORY_POOL`` says otherwise): its default pool (mimalloc) keeps tens of MiB of freed row groups
+    for reuse, which is what a long streaming run must not hold (see docs/performance.md)."""
+    global _ARROW_POOL_SET
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if not _ARROW_POOL_SET:
+        _ARROW_POOL_SET = True
+        if not os.environ.get("ARROW_DEFAULT_MEMORY_POOL"):
+            pa.set_memory_pool(pa.system_memory_pool())
+    return pa, pq
 
 
 def _parse_line(line: bytes, path: Path, n: int) -> dict[str, Any]:
@@ -389,15 +420,90 @@ def _key_str(key: Any) -> str:
     return key if isinstance(key, str) else json.dumps(key, separators=(",", ":"))
 
 
+def key_digest(key: Any) -> bytes:
+    """A 16-byte digest of a record key (what :class:`GroupReader` indexes; 120 bits: collisions are out of reach).
+    The last byte is never zero: numpy's ``S16`` values drop trailing zero bytes, which would make a digest ending in
+    zeros compare unequal to itself read back from an array."""
+    return hashlib.blake2b(_key_str(key).encode("utf-8"), digest_size=15).digest() + b"\x01"
+
+
+class KeyIndex:
+    """A compact map from 16-byte key digests to 64-bit values: sorted numpy arrays (24 bytes an entry) plus a small
+    dict of recent entries, merged into the arrays when it fills. A later value for a digest replaces the earlier."""
+
+    RECENT = 4096
+
+    def __init__(self) -> None:
+        self._keys = np.empty(0, dtype="S16")
+        self._vals = np.empty(0, dtype=np.uint64)
+        self._recent: dict[bytes, int] = {}
+
+    def __setitem__(self, digest: bytes, value: int) -> None:
+        self._recent[digest] = value
+        if len(self._recent) >= self.RECENT:
+            self._merge()
+
+    def _merge(self) -> None:
+        if not self._recent:
+            return
+        keys = np.fromiter(self._recent.keys(), dtype="S16", count=len(self._recent))
+        vals = np.fromiter(self._recent.values(), dtype=np.uint64, count=len(self._recent))
+        self._recent = {}
+        pos = np.searchsorted(self._keys, keys)
+        inside = pos < len(self._keys)
+        same = np.zeros(len(keys), dtype=bool)
+        same[inside] = self._keys[pos[inside]] == keys[inside]
+        self._vals[pos[same]] = vals[same]  # replaced in place
+        new = ~same
+        if new.any():
+            k = np.concatenate([self._keys, keys[new]])
+            v = np.concatenate([self._vals, vals[new]])
+            order = np.argsort(k, kind="stable")
+            self._keys, self._vals = k[order], v[order]
+
+    def get(self, digest: bytes) -> int | None:
+        v = self._recent.get(digest)
+        if v is not None:
+            return v
+        i = int(np.searchsorted(self._keys, digest))
+        if i < len(self._keys) and self._keys[i] == digest:
+            return int(self._vals[i])
+        return None
+
+    def get_many(self, digests: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(found, values)`` for an ``S16`` array of digests."""
+        self._merge()
+        pos = np.searchsorted(self._keys, digests)
+        found = pos < len(self._keys)
+        found[found] = self._keys[pos[found]] == digests[found]
+        vals = np.zeros(len(digests), dtype=np.uint64)
+        vals[found] = self._vals[pos[found]]
+        return found, vals
+
+    def values(self) -> np.ndarray:
+        self._merge()
+        return self._vals
+
+    def __len__(self) -> int:
+        self._merge()
+        return len(self._keys)
+
+
+#: A group record's place: shard number (16 bits), byte offset (46 bits) and success (1 bit) in one integer.
+def _pack(shard: int, offset: int, ok: bool) -> int:
+    return (offset << 17) | (shard << 1) | int(bool(ok))
+
+
 class GroupReader:
     """The group records of one output (``{"key", "ok", "rows"}`` lines over its shards), indexed by key.
 
-    Only offsets are kept in memory; rows are read from disk when asked for. The latest record of a key wins (a failed
-    item retried later is replaced by its new record); a torn last line is ignored (its item is not done)."""
+    Only a 16-byte digest of each key and the record's place are kept in memory (:class:`KeyIndex`); rows are read from
+    disk when asked for. The latest record of a key wins (a failed item retried later is replaced by its new record);
+    a torn last line is ignored (its item is not done)."""
 
     def __init__(self, shards: list[Path]):
         self.shards = list(shards)
-        self._index: dict[str, tuple[int, int, bool]] = {}
+        self._index = KeyIndex()
         self._files: dict[int, Any] = {}
         for s_i, shard in enumerate(self.shards):
             with open(shard, "rb") as f:
@@ -409,7 +515,7 @@ class GroupReader:
                     if "key" not in rec or not isinstance(rec.get("rows"), list):
                         raise DataError(f"{shard}:{n}: not a group record (key, ok, rows): the shard is damaged or "
                                         f"was written by another version of evolkit; re-run the stage with --force")
-                    self._index[_key_str(rec["key"])] = (s_i, pos, bool(rec.get("ok")))
+                    self._index[key_digest(rec["key"])] = _pack(s_i, pos, bool(rec.get("ok")))
                     pos += len(line)
 
     def add(self, shard: Path, key: Any, offset: int, ok: bool) -> None:
@@ -419,28 +525,33 @@ class GroupReader:
         except ValueError:
             self.shards.append(shard)
             s_i = len(self.shards) - 1
-        self._index[_key_str(key)] = (s_i, offset, bool(ok))
+        self._index[key_digest(key)] = _pack(s_i, offset, ok)
 
     def __len__(self) -> int:
         return len(self._index)
 
     def __contains__(self, key: Any) -> bool:
-        return _key_str(key) in self._index
+        return self._index.get(key_digest(key)) is not None
 
     def ok(self, key: Any) -> bool:
         """Whether the item's latest record is a success (a failed item is done again on resume)."""
-        e = self._index.get(_key_str(key))
-        return bool(e and e[2])
+        v = self._index.get(key_digest(key))
+        return bool(v is not None and v & 1)
+
+    def ok_many(self, digests: np.ndarray) -> np.ndarray:
+        """:meth:`ok` of many keys at once, given as an ``S16`` array of :func:`key_digest` values."""
+        found, vals = self._index.get_many(digests)
+        return found & ((vals & np.uint64(1)) == 1)
 
     def failed(self) -> int:
-        return sum(not e[2] for e in self._index.values())
+        return int(((self._index.values() & np.uint64(1)) == 0).sum())
 
     def get(self, key: Any) -> list[dict[str, Any]] | None:
         """The rows of ``key`` (None when it has no record)."""
-        e = self._index.get(_key_str(key))
-        if e is None:
+        v = self._index.get(key_digest(key))
+        if v is None:
             return None
-        s_i, offset, _ = e
+        s_i, offset = (v >> 1) & 0xFFFF, v >> 17
         f = self._files.get(s_i)
         if f is None:
             f = self._files[s_i] = open(self.shards[s_i], "rb")
@@ -482,7 +593,7 @@ class ParquetSink:
     that was all null in one group and typed in another is promoted) and moves it into place atomically. Secret
     values are scrubbed from every row."""
 
-    def __init__(self, path: Path, row_group_size: int = 2000, secrets: list[str] | None = None):
+    def __init__(self, path: Path, row_group_size: int = ROW_GROUP, secrets: list[str] | None = None):
         self.path = Path(path)
         self.row_group_size = row_group_size
         self.rows = 0
@@ -510,9 +621,7 @@ class ParquetSink:
             self.write(r)
 
     def _flush(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = _arrow()
         rows, self._buf = self._buf, []
         if not rows:
             return
@@ -526,9 +635,7 @@ class ParquetSink:
         self._parts.append(part)
 
     def close(self) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
+        pa, pq = _arrow()
         if self._closed:
             return
         self._flush()
@@ -591,7 +698,7 @@ def _decode(rows: list[dict[str, Any]], json_cols: list[str]) -> list[dict[str, 
 
 def iter_parquet(path: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]:
     """The rows of a Parquet file written by evolkit, batch by batch."""
-    import pyarrow.parquet as pq
+    _, pq = _arrow()
 
     f = pq.ParquetFile(path)
     json_cols = json.loads((f.schema_arrow.metadata or {}).get(_JSON_COLS, b"[]"))
@@ -600,8 +707,68 @@ def iter_parquet(path: Path, batch_size: int = 1000) -> Iterator[dict[str, Any]]
 
 
 def read_parquet(path: Path) -> list[dict[str, Any]]:
-    import pyarrow.parquet as pq
+    _, pq = _arrow()
 
     table = pq.read_table(path)
     json_cols = json.loads((table.schema.metadata or {}).get(_JSON_COLS, b"[]"))
     return _decode(table.to_pylist(), json_cols)
+
+
+class ParquetTable(Sequence):  # type: ignore[type-arg]
+    """The rows of a Parquet file as a read-only sequence, read one row group at a time.
+
+    ``table[i]`` reads the row group holding row ``i`` (only ``columns`` when given; ``convert`` applied to each of
+    its rows, e.g. ``Problem.model_validate``) and keeps the last ``cache_groups`` groups, so sequential and nearly sequential access
+    (what a generation step does) reads each group about once; iterating streams the groups in order. Memory holds a
+    few row groups whatever the file's size."""
+
+    def __init__(self, path: Path, convert: Any = None, cache_groups: int = 8, columns: list[str] | None = None):
+        _, pq = _arrow()
+
+        self.path = Path(path)
+        self.convert = convert
+        self.columns = columns
+        self.cache_groups = max(1, cache_groups)
+        self._pf = pq.ParquetFile(self.path)
+        md = self._pf.metadata
+        self._json_cols = json.loads((self._pf.schema_arrow.metadata or {}).get(_JSON_COLS, b"[]"))
+        self._starts = [0]
+        for g in range(md.num_row_groups):
+            self._starts.append(self._starts[-1] + md.row_group(g).num_rows)
+        self._cache: dict[int, list[Any]] = {}
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def _group(self, g: int) -> list[Any]:
+        rows = self._cache.get(g)
+        if rows is not None:
+            self._cache[g] = self._cache.pop(g)  # most recently used last
+            return rows
+        rows = _decode(self._pf.read_row_group(g, columns=self.columns).to_pylist(), self._json_cols)
+        if self.convert is not None:
+            rows = [self.convert(r) for r in rows]
+        self._cache[g] = rows
+        while len(self._cache) > self.cache_groups:
+            del self._cache[next(iter(self._cache))]
+        return rows
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        n = len(self)
+        if i < 0:
+            i += n
+        if not 0 <= i < n:
+            raise IndexError(i)
+        g = bisect.bisect_right(self._starts, i) - 1
+        return self._group(g)[i - self._starts[g]]
+
+    def __iter__(self) -> Iterator[Any]:
+        for g in range(len(self._starts) - 1):
+            yield from self._group(g)
+
+    def column(self, name: str) -> Iterator[Any]:
+        """One column's values in row order, group by group (without converting rows)."""
+        for g in range(len(self._starts) - 1):
+            yield from self._pf.read_row_group(g, columns=[name]).column(0).to_pylist()

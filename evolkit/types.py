@@ -136,6 +136,9 @@ class Step:
     make_rows: MakeRows
     #: Shown on the progress line.
     desc: str = ""
+    #: The items' keys in item order, when they can be had without building the items (resume checks every key
+    #: before anything is sent; items that are costly to build are then built only when sent). None: ``key(item)``.
+    keys: Sequence[Hashable] | None = None
 
 
 class RunConfigLike(Protocol):
@@ -165,7 +168,7 @@ class StageContext(Protocol):
 
     def checker(self) -> Any: ...
 
-    def seeds(self) -> list[Problem]: ...
+    def seeds(self) -> Sequence[Problem]: ...
 
     def sampling(self, *overrides: dict[str, Any] | None, n: int = 1) -> Sampling: ...
 

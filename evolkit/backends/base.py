@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import inspect
 import json
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -208,6 +208,52 @@ class LazyRequests(Sequence):  # type: ignore[type-arg]
         if isinstance(i, slice):
             return [self.build(x) for x in self.items[i]]
         return self.build(self.items[i])
+
+
+class Mapped(Sequence):  # type: ignore[type-arg]
+    """``fn(seq[i])`` for each item of ``seq``, computed when asked (a lazy ``[fn(x) for x in seq]``)."""
+
+    def __init__(self, seq: Sequence[Any], fn: Callable[[Any], Any]):
+        self.seq = seq
+        self.fn = fn
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self.fn(x) for x in self.seq[i]]
+        return self.fn(self.seq[i])
+
+    def __iter__(self) -> Iterator[Any]:
+        return map(self.fn, self.seq)
+
+
+class Recent(Sequence):  # type: ignore[type-arg]
+    """``seq`` with the last ``size`` items asked for kept: a lazily built item (a request, a row maker's input) is
+    asked for several times while it is in flight (sent, stored in the cache, turned into rows, written) and is built
+    once for all of them; memory holds ``size`` items whatever the length of ``seq``."""
+
+    def __init__(self, seq: Sequence[Any], size: int = 2048):
+        self.seq = seq
+        self.size = size
+        self._kept: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.seq)
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        i = int(i)
+        try:
+            return self._kept[i]
+        except KeyError:
+            pass
+        x = self._kept[i] = self.seq[i]
+        if len(self._kept) > self.size:
+            del self._kept[next(iter(self._kept))]  # the oldest
+        return x
 
 
 async def make_rows_of(make_rows: MakeRows, env: StepEnv, item: Any, res: Result) -> Rows:

@@ -13,7 +13,8 @@ import collections
 import sqlite3
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
+from array import array
+from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -196,10 +197,9 @@ class CachedBackend(Backend):
         self.model = inner.model
         self.buffer = buffer
 
-    def _hits(self, requests: Sequence[Request], chunk: int = 512) -> tuple[list[tuple[int, Result]], list[int]]:
-        """Cache lookups in chunks: (index, hit) pairs and the indices of the misses."""
-        hits: list[tuple[int, Result]] = []
-        misses: list[int] = []
+    def _lookup(self, requests: Sequence[Request], misses: array, chunk: int = 512) -> Iterator[tuple[int, Result]]:
+        """Cache lookups a chunk at a time: yields ``(index, hit)`` for the hits of each chunk as it is looked up and
+        appends the indices of the misses to ``misses`` (nothing else is kept: memory stays flat)."""
         for start in range(0, len(requests), chunk):
             idx = range(start, min(start + chunk, len(requests)))
             keys = [requests[i].cache_key(self.model) for i in idx]
@@ -209,18 +209,24 @@ class CachedBackend(Backend):
                 if hit is None:
                     misses.append(i)
                 else:
-                    hits.append((i, hit))
-        return hits, misses
+                    yield i, hit
 
     async def stream(self, requests: Sequence[Request]) -> AsyncIterator[tuple[int, Result]]:
-        hits, misses = self._hits(requests)
-        for i, hit in hits:
+        misses = array("q")
+        for i, hit in self._lookup(requests, misses):
             self.stats.add(hit)
             yield i, hit
-        del hits
         if not misses:
             return
-        pending: collections.deque[tuple[int, Result | None]] = collections.deque()
+        # Results not taken yet, in arrival order: up to ``buffer`` of them in memory; beyond that only their index
+        # (8 bytes; the result is in the cache and read back when its turn comes) until the backlog is drained. Failed
+        # results are not cached: they are kept (they are small and rare). Arrival order is kept so that the caller
+        # sees items in about the order it asked for them (lazily read items are then read sequentially).
+        pending: collections.deque[tuple[int, Result]] = collections.deque()
+        spilled = array("q")
+        spilled_keys = bytearray()  # the 32-byte cache key of each spilled result (its request is not built again)
+        spill_pos = 0
+        failed: dict[int, Result] = {}
         arrived = asyncio.Event()
         state: dict[str, Any] = {"done": False, "error": None}
 
@@ -228,12 +234,17 @@ class CachedBackend(Backend):
             try:
                 async for j, res in self.inner.stream(Subseq(requests, misses)):
                     i = misses[j]
-                    if res.ok:
-                        self.cache.put(requests[i].cache_key(self.model), res)
+                    key = requests[i].cache_key(self.model) if res.ok else None
+                    if key is not None:
+                        self.cache.put(key, res)
                     self.stats.add(res)
-                    # Beyond the buffer keep only the index: the result is in the cache (failed ones are not, and
-                    # are kept: they are small).
-                    pending.append((i, res if (len(pending) < self.buffer or not res.ok) else None))
+                    if len(spilled) == spill_pos and len(pending) < self.buffer:
+                        pending.append((i, res))
+                    else:
+                        spilled.append(i)
+                        spilled_keys.extend(bytes.fromhex(key) if key is not None else bytes(32))  # sha256 hex
+                        if key is None:
+                            failed[i] = res
                     arrived.set()
             except BaseException as e:  # noqa: BLE001 - raised to the caller
                 state["error"] = e
@@ -244,18 +255,26 @@ class CachedBackend(Backend):
         task = asyncio.create_task(pump())
         try:
             while True:
-                if not pending:
-                    if state["done"]:
-                        break
-                    arrived.clear()
-                    await arrived.wait()
+                if pending:
+                    yield pending.popleft()
                     continue
-                i, res = pending.popleft()
-                if res is None:
-                    res = self.cache.get(requests[i].cache_key(self.model))
+                if spill_pos < len(spilled):
+                    i = spilled[spill_pos]
+                    key = spilled_keys[32 * spill_pos : 32 * spill_pos + 32].hex()
+                    spill_pos += 1
+                    if spill_pos == len(spilled):  # the backlog is drained: start the arrays afresh
+                        del spilled[:]
+                        del spilled_keys[:]
+                        spill_pos = 0
+                    res = failed.pop(i, None) or self.cache.get(key)
                     if res is None:  # pragma: no cover - the cache lost an entry it was given
                         res = Result(error="the request cache lost this result")
-                yield i, res
+                    yield i, res
+                    continue
+                if state["done"]:
+                    break
+                arrived.clear()
+                await arrived.wait()
             if state["error"] is not None:
                 raise state["error"]
         finally:
@@ -272,16 +291,15 @@ class CachedBackend(Backend):
                            concurrency: int) -> AsyncIterator[tuple[int, Result, Rows]]:
         """An inner backend that makes rows where it runs (Ray workers): hits are answered here, misses go there with
         the row maker, and their results are stored as they come back."""
-        hits, misses = self._hits(requests)
+        misses = array("q")
 
         async def hit_stream() -> AsyncIterator[tuple[int, Result]]:
-            for i, hit in hits:
+            for i, hit in self._lookup(requests, misses):
                 self.stats.add(hit)
                 yield i, hit
 
         async for x in process_rows(hit_stream(), items, make_rows, env, concurrency):
             yield x
-        del hits
         if not misses:
             return
         async for j, res, rows in self.inner.stream_rows(Subseq(requests, misses), Subseq(items, misses), make_rows,

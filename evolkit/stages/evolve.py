@@ -44,9 +44,16 @@ deterministic child id (round, parent id, operation, child index). The plan of e
 seeded with (seed, round, pass) and from results that are themselves deterministic, so a killed run re-plans exactly the
 same children, sends only the missing requests and ends with the same pool as an uninterrupted run.
 
+Memory: nothing of a child stays in memory once it is decided but a few bytes. A pass's plan is a set of arrays (parent
+position, operation, child index, evolver); children, their texts and their answers are read back from the shards when
+needed and go through the filters and the vote in chunks; every decision (kept or eliminated) is one line in a scratch
+file (``evolve/.work/``, rebuilt by every session, removed when the stage finishes) and the outputs are written from it
+in their final order. Each round's kept problems (the next rounds' parents) are a scratch Parquet file read a row group
+at a time. What grows with the pool is the dedup index (:class:`evolkit.filters.Deduper`).
+
 Outputs (``evolve/``): ``problems`` (evolved :class:`~evolkit.records.Problem` rows with lineage and pseudo-gold),
 ``evol`` (:class:`~evolkit.records.EvolExample`), ``solutions`` (every sample of the kept problems, verdict against the
-pseudo-gold), ``sft`` (the seed SFT data from the ``sft`` stage plus the evolved problems' agreeing solutions),
+pseudo-gold), ``sft_evolved`` (the evolved problems' solutions that agree with the pseudo-gold, as SFT rows),
 ``eliminated`` (every child that was dropped, with reason, detail and the matching item), ``summary.json``,
 ``growth.png`` and ``difficulty.png``.
 """
@@ -54,25 +61,34 @@ pseudo-gold), ``sft`` (the seed SFT data from the ``sft`` stage plus the evolved
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import hashlib
+import json
 import logging
 import math
 import random
 import re
+import shutil
 import time
+from array import array
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from .. import filters, prompts
 from ..answers import StepsTally, extract_answer, majority_answer, split_steps
 from ..backends import Request
+from ..backends.base import Mapped, Subseq
 from ..errors import ConfigError
 from ..judging import yes_no, yes_no_schema
 from ..records import EvolExample, Problem
 from ..datafiles import expand_path
+from ..store import GroupReader, ParquetSink, ParquetTable, key_digest
 from ..types import StageContext, Step, StepEnv
 import evolkit.stages.sft as sft_stage
 
@@ -275,15 +291,33 @@ def planned_sizes(rounds: list[RoundConfig], n_seeds: int) -> list[float]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class Parent(NamedTuple):
+    """What evolving a problem needs of it (a seed's or a kept problem's Parquet row, a few columns)."""
+
+    id: str
+    question: str
+    root_id: str
+
+
+#: The Parquet columns a :class:`Parent` (and its root source) is read from.
+PARENT_COLUMNS = ["id", "question", "root_id"]
+
+
+def _kept_parent(row: dict[str, Any]) -> tuple[Parent, str]:
+    return Parent(row["id"], row["question"], row["root_id"]), row["root_source"]
+
+
 @dataclass
 class Child:
     id: str
-    parent: Problem
+    parent: Problem | Parent
     op: str
     index: int
     round: int
     pass_: int
     role: str
+    #: The source of the seed this lineage starts from (gsm8k, math, ...): which few-shot exemplars answer it.
+    root_source: str = "gsm8k"
 
 
 def child_id(round_: int, parent_id: str, op: str, index: int) -> str:
@@ -312,18 +346,147 @@ def plan_children(parents: list[Problem], n: int, weights: dict[str, float], rng
     return out
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# The engine
-# --------------------------------------------------------------------------------------------------------------------
+ROLES = ("main", "evolver2")
 
 
 @dataclass
-class Kept:
-    problem: Problem
-    evol: EvolExample
-    solutions: list[dict[str, Any]]
-    steps: float | None
-    solution_chars: float | None
+class Plan:
+    """The children of one pass as arrays (a few bytes each): parent position, operation, child index, evolver."""
+
+    ops: list[str]
+    parent: np.ndarray
+    op: np.ndarray
+    index: np.ndarray
+    role: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.parent)
+
+
+def plan_arrays(n_parents: int, n: int, weights: dict[str, float], rng: random.Random, counts: Any,
+                evolver2_share: float) -> Plan:
+    """The plan of :func:`plan_children` (the same draws from ``rng``, so the same children) as arrays; ``counts[i]``
+    is the number of children parent ``i`` had before (updated)."""
+    names = list(weights)
+    if not n_parents or n <= 0:
+        e = np.empty(0, dtype=np.int64)
+        return Plan(names, e, e.astype(np.uint8), e, e.astype(np.uint8))
+    per, extra = divmod(n, n_parents)
+    bonus = np.zeros(n_parents, dtype=bool)
+    if extra:
+        bonus[rng.sample(range(n_parents), extra)] = True
+    w = [weights[k] for k in names]
+    code = {k: i for i, k in enumerate(names)}
+    parent = np.empty(n, dtype=np.int64)
+    op = np.empty(n, dtype=np.uint8)
+    index = np.empty(n, dtype=np.int64)
+    role = np.zeros(n, dtype=np.uint8)
+    choices, draw = rng.choices, rng.random
+    j = 0
+    for i in range(n_parents):
+        m = per + int(bonus[i])
+        if not m:
+            continue
+        start = counts[i]
+        for t in range(m):
+            parent[j] = i
+            op[j] = code[choices(names, w)[0]]
+            role[j] = 1 if evolver2_share > 0 and draw() < evolver2_share else 0
+            index[j] = start + t
+            j += 1
+        counts[i] = start + m
+    return Plan(names, parent, op, index, role)
+
+
+class SeedRef(NamedTuple):
+    """A seed as the engine reads it (see :func:`run`)."""
+
+    id: str
+    question: str
+    root_id: str
+    source: str
+
+
+SEED_COLUMNS = ["id", "question", "root_id", "source"]
+
+
+class Segment:
+    """A part of the pool: ``(problem, root source)`` pairs read lazily (the seeds, or one round's kept problems in id
+    order) and the children each has had so far (child indices continue across passes and rounds)."""
+
+    def __init__(self, items: Sequence[tuple[Parent | Problem, str]]):
+        self.items = items
+        self.counts = np.zeros(len(items), dtype=np.int64)
+
+
+class Parents(Sequence):  # type: ignore[type-arg]
+    """The parents of a round: segments one after the other, as one sequence of ``(problem, root source)``;
+    :attr:`counts` reads and updates the children per parent."""
+
+    def __init__(self, segments: list[Segment]):
+        self.segments = segments
+        self._starts = [0]
+        for s in segments:
+            self._starts.append(self._starts[-1] + len(s.items))
+        self.counts = _Counts(self)
+
+    def __len__(self) -> int:
+        return self._starts[-1]
+
+    def locate(self, i: int) -> tuple[Segment, int]:
+        s = bisect.bisect_right(self._starts, i) - 1
+        return self.segments[s], i - self._starts[s]
+
+    def __getitem__(self, i: Any) -> Any:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        seg, j = self.locate(int(i))
+        return seg.items[j]
+
+
+class _Counts:
+    def __init__(self, parents: Parents):
+        self.parents = parents
+
+    def __getitem__(self, i: int) -> int:
+        seg, j = self.parents.locate(i)
+        return int(seg.counts[j])
+
+    def __setitem__(self, i: int, v: int) -> None:
+        seg, j = self.parents.locate(i)
+        seg.counts[j] = v
+
+
+class Children(Sequence):  # type: ignore[type-arg]
+    """The children of a :class:`Plan`, each made when asked (children of one parent are next to each other, so the
+    parent is read once for all of them)."""
+
+    def __init__(self, parents: Sequence[tuple[Parent | Problem, str]], plan: Plan, round_: int, pass_: int):
+        self.parents = parents
+        self.plan = plan
+        self.round = round_
+        self.pass_ = pass_
+        self._last: tuple[int, tuple[Parent | Problem, str]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, j: Any) -> Any:
+        if isinstance(j, slice):
+            return [self[k] for k in range(*j.indices(len(self)))]
+        plan = self.plan
+        pi = int(plan.parent[j])
+        if self._last is None or self._last[0] != pi:
+            self._last = (pi, self.parents[pi])
+        p, root_source = self._last[1]
+        op, idx = plan.ops[plan.op[j]], int(plan.index[j])
+        return Child(child_id(self.round, p.id, op, idx), p, op, idx, self.round, self.pass_, ROLES[plan.role[j]],
+                     root_source)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The engine
+# --------------------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -363,6 +526,53 @@ def check_rows(env: StepEnv, item: tuple[Child, str], res: Any) -> list[dict[str
              "error": res.error}]
 
 
+class Decisions:
+    """Every child decided in this session, kept or eliminated, as one JSON line in the stage's scratch folder; in
+    memory only each record's sort key (the child id's hash) and byte offset, per round. The outputs are written from
+    here in their final order (round, then id) once every round is done."""
+
+    def __init__(self, path: Path):
+        from ..store import ShardWriter
+
+        self.path = path
+        self._w = ShardWriter(path, fsync_every=1 << 62)  # scratch: scrubbed like every file, never fsynced
+        self._index: dict[tuple[str, int], tuple[array, array]] = {}
+        self._f: Any = None
+
+    def add(self, kind: str, round_: int, child: str, record: dict[str, Any]) -> None:
+        keys, offs = self._index.setdefault((kind, round_), (array("Q"), array("q")))
+        keys.append(int(child.rsplit("-", 1)[1], 16))  # ids of one round differ only in their hex hash
+        offs.append(self._w.write(record))
+
+    def count(self, kind: str, round_: int) -> int:
+        return len(self._index.get((kind, round_), ((), ()))[0])
+
+    def sorted(self, kind: str, round_: int) -> Iterator[dict[str, Any]]:
+        """The records of ``kind`` in round ``round_``, by child id."""
+        keys, offs = self._index.get((kind, round_), (array("Q"), array("q")))
+        if not keys:
+            return
+        if self._f is None:
+            self._f = open(self.path, "rb")
+        order = np.argsort(np.frombuffer(keys, dtype=np.uint64), kind="stable")
+        offsets = np.frombuffer(offs, dtype=np.int64)
+        for o in order.tolist():
+            self._f.seek(int(offsets[o]))
+            yield json.loads(self._f.readline())
+
+    def close(self) -> None:
+        self._w.close()
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+#: Children go through decontamination and dedup this many at a time (their texts and hashes are what is in memory).
+FILTER_CHUNK = 2048
+#: Answered children are voted on this many at a time.
+VOTE_CHUNK = 512
+
+
 class Engine:
     def __init__(self, ctx: StageContext, cfg: Config):
         self.ctx = ctx
@@ -383,16 +593,20 @@ class Engine:
             "fewshot": sft_cfg.fewshot if cfg.answer_fewshot is None else cfg.answer_fewshot,
         })
         self.evolve_sampling = ctx.sampling(cfg.sampling)
-        self.eliminated: list[dict[str, Any]] = []
-        self.kept: list[Kept] = []
         self.rounds: list[RoundStats] = []
-        self.root_source: dict[str, str] = {}
         self.requested_total = 0
         self.kept_total = 0
-        #: Children made per parent so far (all rounds): a parent evolved again in a later round gets new sample
-        #: offsets, so its requests differ from (and are not cache hits of) the earlier ones.
-        self.counters: dict[str, int] = {}
         self.last_survival: float | None = None
+        #: Eliminations by round, operation and reason, and by reason over all rounds (in the order they happened).
+        self.elim_by_op: dict[int, dict[str, dict[str, int]]] = {}
+        self.elim_totals: dict[str, int] = {}
+        # Scratch space of this session: the decisions, and each round's kept problems (the next rounds' parents).
+        self.work = self.store.stage_dir(STAGE) / ".work"
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        self.decisions = Decisions(self.work / "decisions.jsonl")
+        self.seeds_segment: Segment | None = None
+        self.round_segments: dict[int, Segment] = {}
         # Prompt files resolved up front, so a missing one fails before any request is sent.
         self._system = prompts.load_text(cfg.system_prompt) if cfg.system_prompt else None
         used = {op for rc in cfg.rounds for op in rc.operations}
@@ -403,8 +617,13 @@ class Engine:
         for path in self._op_paths.values():
             prompts.load_text(path)
 
+    def close(self) -> None:
+        self.decisions.close()
+        self.round_segments.clear()
+        shutil.rmtree(self.work, ignore_errors=True)
+
     # -- setup -------------------------------------------------------------------------------------------------------
-    def setup_decontamination(self, seeds: list[Problem]) -> None:
+    def setup_decontamination(self, seeds: Sequence[Problem]) -> None:
         dc = self.cfg.decontamination
         if not dc.enabled:
             return
@@ -424,12 +643,17 @@ class Engine:
             near_threshold=dc.near_threshold, num_perm=dc.num_perm, ignore_common=dc.ignore_common,
         )
         self.decontam_info["test_problems"] = len(self.decontam)
-        if dc.check_seeds and seeds:
-            hits = self.decontam.match_many([s.question for s in seeds])
-            self.decontam_info["seed_matches"] = sum(h is not None for h in hits)
-            self.decontam_info["seed_match_examples"] = [
-                {"seed_id": s.id, **h.as_dict()} for s, h in zip(seeds, hits) if h is not None
-            ][:20]
+        if dc.check_seeds and len(seeds):
+            matches, examples = 0, []
+            for lo in range(0, len(seeds), FILTER_CHUNK):
+                chunk = seeds[lo : lo + FILTER_CHUNK]
+                for s, h in zip(chunk, self.decontam.match_many([s.question for s in chunk])):
+                    if h is not None:
+                        matches += 1
+                        if len(examples) < 20:
+                            examples.append({"seed_id": s.id, **h.as_dict()})
+            self.decontam_info["seed_matches"] = matches
+            self.decontam_info["seed_match_examples"] = examples
 
     # -- one pass: evolve, filter, answer -----------------------------------------------------------------------------
     def _messages(self, child: Child) -> list[dict[str, str]]:
@@ -437,25 +661,22 @@ class Engine:
         msgs.append({"role": "user", "content": prompts.render(self._op_paths[child.op], question=child.parent.question)})
         return msgs
 
-    async def evolve(self, children: list[Child], r: int) -> dict[str, dict[str, Any]]:
-        """Evolution results by child id (only children without a successful record are requested)."""
+    async def evolve(self, children: Children, r: int) -> GroupReader:
+        """Request the evolutions of ``children`` (only those without a successful record) and return the reader of
+        every evolution record of the round."""
         name = f"round{r:02d}_evolutions"
         sampling_d = self.evolve_sampling.as_dict()
-        by_role: dict[str, list[Child]] = {}
-        for c in children:
-            by_role.setdefault(c.role if self.has_evolver2 else "main", []).append(c)
-        latest: dict[str, dict[str, Any]] = {}
-        for role, items in by_role.items():
-            step = Step(role, items, key=lambda c: c.id, request=self._request,
-                        make_rows=functools.partial(evolution_rows, sampling=sampling_d),
+        roles = children.plan.role if self.has_evolver2 else np.zeros(len(children), dtype=np.uint8)
+        codes = sorted(set(np.unique(roles).tolist()), key=lambda c: int(np.argmax(roles == c)))  # first seen first
+        reader = None
+        for code in codes:
+            step = Step(ROLES[code], Subseq(children, np.nonzero(roles == code)[0]), key=lambda c: c.id,
+                        request=self._request, make_rows=functools.partial(evolution_rows, sampling=sampling_d),
                         desc=f"evolve: round {r} evolving")
+            if reader is not None:
+                reader.close()
             reader = await self.ctx.generate(STAGE, name, step)
-            for c in items:
-                rows = reader.get(c.id)
-                if rows:
-                    latest[c.id] = rows[0]
-            reader.close()
-        return latest
+        return reader if reader is not None else self.store.groups(STAGE, name)
 
     def _request(self, c: Child) -> Request:
         return Request(self._messages(c), self.evolve_sampling, sample_offset=c.index, task=f"evolve:{c.op}")
@@ -463,15 +684,18 @@ class Engine:
     def _eliminate(self, child: Child, reason: str, detail: str, stats: RoundStats, text: str | None = None,
                    match: dict[str, Any] | None = None, model: str | None = None) -> None:
         stats.count(stats.eliminated, reason)
-        self.eliminated.append({
+        by_op = self.elim_by_op.setdefault(child.round, {}).setdefault(child.op, {})
+        by_op[reason] = by_op.get(reason, 0) + 1
+        self.elim_totals[reason] = self.elim_totals.get(reason, 0) + 1
+        self.decisions.add("eliminated", child.round, child.id, {
             "id": child.id, "round": child.round, "pass": child.pass_, "parent_id": child.parent.id,
             "root_id": child.parent.root_id, "operation": child.op,
             "direction": self.cfg.operations[child.op].direction, "model": model, "question": text,
             "reason": reason, "detail": detail, "match": match,
         })
 
-    async def llm_checks(self, items: list[tuple[Child, str]], r: int) -> dict[str, str]:
-        """Child id -> the model's reply to the information-gain check (resumable)."""
+    async def llm_checks(self, items: Sequence[tuple[Child, str]], r: int) -> GroupReader:
+        """The reader of the model's replies to the information-gain check, by child id (resumable)."""
         sampling = self.ctx.sampling({"temperature": 0.0, "max_tokens": 48})
         prompt = self.cfg.elimination.llm_check_prompt
         schema = yes_no_schema() if self.cfg.elimination.structured_output else None
@@ -483,19 +707,56 @@ class Engine:
 
         step = Step("main", items, key=lambda it: it[0].id, request=request, make_rows=check_rows,
                     desc=f"evolve: round {r} checking")
-        reader = await self.ctx.generate(STAGE, f"round{r:02d}_checks", step)
-        out = {}
-        for c, _ in items:
-            rows = reader.get(c.id)
-            out[c.id] = (rows[0].get("reply") or "") if rows else ""
-        reader.close()
-        return out
+        return await self.ctx.generate(STAGE, f"round{r:02d}_checks", step)
 
-    async def run_pass(self, children: list[Child], r: int, stats: RoundStats) -> list[Kept]:
-        raw = await self.evolve(children, r)
-        survivors: list[tuple[Child, str, dict[str, Any]]] = []
-        for c in children:
-            row = raw.get(c.id)
+    def _filter(self, buf: list[tuple[int, str, str | None]], children: Children, stats: RoundStats,
+                survivors: array) -> None:
+        """Decontamination, then dedup against the pool (earlier rounds and earlier children), of one chunk of
+        children that passed the text rules; the texts are tokenised and hashed once for both."""
+        if not buf:
+            return
+        enc = self.deduper.minhasher.hasher.encode([t for _, t, _ in buf])
+        if self.decontam is not None:
+            hits = self.decontam.match_many([t for _, t, _ in buf], encoded=enc)
+            rest, idx = [], []
+            for k, ((j, t, model), m) in enumerate(zip(buf, hits)):
+                if m is None:
+                    rest.append((j, t, model))
+                    idx.append(k)
+                else:
+                    stats.count(stats.contaminated, m.kind)
+                    self._eliminate(children[j], "contaminated",
+                                    f"{m.kind} match with test problem {m.test_id} ({m.test_file})", stats, t,
+                                    m.as_dict(), model)
+            buf = rest
+            enc = filters.TextHasher.subset(enc, idx)
+        if not buf:
+            return
+        dups = self.deduper.check([children[j].id for j, _, _ in buf], [t for _, t, _ in buf], encoded=enc)
+        for (j, t, model), d in zip(buf, dups):
+            if d is None:
+                survivors.append(j)
+            else:
+                stats.count(stats.duplicates, d.kind)
+                self._eliminate(children[j], f"duplicate_{d.kind}",
+                                f"duplicate of {d.key} (similarity {d.similarity:.2f})", stats, t,
+                                {"id": d.key, "similarity": d.similarity}, model)
+
+    @staticmethod
+    def _evolution(reader: GroupReader, c: Child) -> tuple[str, dict[str, Any]]:
+        row = (reader.get(c.id) or [{}])[0]
+        return filters.clean_evolved(row.get("text")), row
+
+    async def run_pass(self, children: Children, r: int, stats: RoundStats) -> int:
+        """Evolve, filter and answer the children of one pass; returns how many were kept. Children stream through
+        in chunks: what stays in memory is a few bytes per child."""
+        reader = await self.evolve(children, r)
+        survivors = array("q")
+        buf: list[tuple[int, str, str | None]] = []
+        for j in range(len(children)):
+            c = children[j]
+            rows = reader.get(c.id)
+            row = rows[0] if rows else None
             if row is None or row.get("error"):
                 self._eliminate(c, "request_failed", (row or {}).get("error") or "no result", stats)
                 continue
@@ -508,134 +769,135 @@ class Engine:
             if bad:
                 self._eliminate(c, bad[0], bad[1], stats, text, model=row.get("model"))
                 continue
-            survivors.append((c, text, row))
-        # Decontamination, then dedup against the pool (earlier rounds and earlier children of this round); the texts
-        # are tokenised and hashed once for both.
-        enc = self.deduper.minhasher.hasher.encode([t for _, t, _ in survivors])
-        if self.decontam is not None and survivors:
-            hits = self.decontam.match_many([t for _, t, _ in survivors], encoded=enc)
-            rest, idx = [], []
-            for k, ((c, t, row), m) in enumerate(zip(survivors, hits)):
-                if m is None:
-                    rest.append((c, t, row))
-                    idx.append(k)
-                else:
-                    stats.count(stats.contaminated, m.kind)
-                    self._eliminate(c, "contaminated", f"{m.kind} match with test problem {m.test_id} ({m.test_file})",
-                                    stats, t, m.as_dict(), row.get("model"))
-            survivors = rest
-            enc = filters.TextHasher.subset(enc, idx)
-        if survivors:
-            dups = self.deduper.check([c.id for c, _, _ in survivors], [t for _, t, _ in survivors], encoded=enc)
-            rest = []
-            for (c, t, row), d in zip(survivors, dups):
-                if d is None:
-                    rest.append((c, t, row))
-                else:
-                    stats.count(stats.duplicates, d.kind)
-                    self._eliminate(c, f"duplicate_{d.kind}", f"duplicate of {d.key} (similarity {d.similarity:.2f})",
-                                    stats, t, {"id": d.key, "similarity": d.similarity}, row.get("model"))
-            survivors = rest
+            buf.append((j, text, row.get("model")))
+            if len(buf) >= FILTER_CHUNK:
+                self._filter(buf, children, stats, survivors)
+                buf = []
+        self._filter(buf, children, stats, survivors)
+        del buf
         if self.cfg.elimination.llm_check and survivors:
-            replies = await self.llm_checks([(c, t) for c, t, _ in survivors], r)
-            rest = []
-            for c, t, row in survivors:
-                if yes_no(replies.get(c.id)) is False:
+            items = Mapped(Subseq(children, survivors), lambda c: (c, self._evolution(reader, c)[0]))
+            checks = await self.llm_checks(items, r)
+            rest = array("q")
+            for j in survivors:
+                c = children[j]
+                rows = checks.get(c.id)
+                reply = (rows[0].get("reply") or "") if rows else ""
+                if yes_no(reply) is False:
+                    t, row = self._evolution(reader, c)
                     self._eliminate(c, "no_information_gain_llm", "the LLM check answered No", stats, t,
                                     model=row.get("model"))
                     self.deduper.remove([c.id])
                 else:
-                    rest.append((c, t, row))
+                    rest.append(j)
+            checks.close()
             survivors = rest
-        return await self.answer(survivors, r, stats)
+        try:
+            return await self.answer(children, survivors, reader, r, stats)
+        finally:
+            reader.close()
 
-    async def answer(self, survivors: list[tuple[Child, str, dict[str, Any]]], r: int, stats: RoundStats) -> list[Kept]:
+    async def answer(self, children: Children, survivors: array, evolutions: GroupReader, r: int,
+                     stats: RoundStats) -> int:
         if not survivors:
-            return []
+            return 0
         cfg = self.cfg
-        to_solve = []
-        for c, t, row in survivors:
-            src = self.root_source.get(c.parent.root_id, "gsm8k")
-            to_solve.append(Problem(id=c.id, source=src, question=t, root_id=c.parent.root_id, parent_id=c.parent.id,
-                                    round=r, operation=c.op, model=row.get("model")))
+
+        def problem_of(j: int) -> Problem:
+            c = children[j]
+            t, row = self._evolution(evolutions, c)
+            return Problem(id=c.id, source=c.root_source, question=t, root_id=c.parent.root_id, parent_id=c.parent.id,
+                           round=r, operation=c.op, model=row.get("model"))
+
         reader = await sft_stage.solve_problems(
-            self.ctx, to_solve, self.sft_cfg, stage=STAGE, name=f"round{r:02d}_solutions", task="solve",
-            desc=f"evolve: round {r} answering", gold_of=lambda p: None,
+            self.ctx, Mapped(survivors, problem_of), self.sft_cfg, stage=STAGE, name=f"round{r:02d}_solutions",
+            task="solve", desc=f"evolve: round {r} answering", gold_of=lambda p: None,
+            keys=Mapped(survivors, lambda j: children[j].id),
         )
-        by_pid: dict[str, list[dict[str, Any]]] = {p.id: reader.get(p.id) or [] for p in to_solve}
-        reader.close()
         checker = self.ctx.checker()
-        votes: dict[str, tuple[str | None, float, list[str | None]]] = {}
-        for c, _, _ in survivors:
-            sols = by_pid.get(c.id, [])
-            answers = [self._usable_answer(s) for s in sols]
-            # Agreement counts all k samples: a failed request (one row) or a missing sample counts as no answer.
-            padded = answers + [None] * max(0, cfg.k - len(answers))
-            pseudo, share = majority_answer(padded, checker) if answers else (None, 0.0)
-            votes[c.id] = (pseudo, share, answers)
-        pairs = [(a, votes[c.id][0]) for c, _, _ in survivors for a in votes[c.id][2]
-                 if a is not None and votes[c.id][0] is not None]
-        verdicts = iter(await checker.acheck_many(pairs)) if pairs else iter(())
-        kept: list[Kept] = []
-        dropped: list[str] = []
         answer_model = self.ctx.backend("main").model
-        for c, t, row in survivors:
-            pseudo, share, answers = votes[c.id]
-            sols = by_pid.get(c.id, [])
-            marked = []
-            for s, a in zip(sols, answers):
-                s = dict(s)
-                if a is None:
-                    s["verdict"], s["reason"] = ("failed", s.get("reason")) if s["verdict"] == "failed" else (
-                        "no_answer", s.get("reason") or "no usable final answer")
-                elif pseudo is None:
-                    s["verdict"] = "unchecked"
+        kept = 0
+        for lo in range(0, len(survivors), VOTE_CHUNK):
+            chunk = []
+            for j in survivors[lo : lo + VOTE_CHUNK]:
+                c = children[j]
+                sols = reader.get(c.id) or []
+                answers = [self._usable_answer(s) for s in sols]
+                # Agreement counts all k samples: a failed request (one row) or a missing sample counts as no answer.
+                padded = answers + [None] * max(0, cfg.k - len(answers))
+                pseudo, share = majority_answer(padded, checker) if answers else (None, 0.0)
+                chunk.append((c, sols, answers, pseudo, share))
+            pairs = [(a, pseudo) for _, _, answers, pseudo, _ in chunk for a in answers
+                     if a is not None and pseudo is not None]
+            verdicts = iter(await checker.acheck_many(pairs)) if pairs else iter(())
+            dropped: list[str] = []
+            for c, sols, answers, pseudo, share in chunk:
+                t, row = self._evolution(evolutions, c)
+                if self._decide(c, t, row, sols, answers, pseudo, share, verdicts, r, stats, answer_model):
+                    kept += 1
                 else:
-                    ok = next(verdicts).equal
-                    s["verdict"] = "correct" if ok else "incorrect"
-                    s["reason"] = None if ok else f"disagrees with the pseudo-gold {pseudo!r}"
-                marked.append(s)
-            if pseudo is None:
-                if sols and all(s["verdict"] == "failed" for s in sols):
-                    self._eliminate(c, "request_failed", f"the answer request failed: {sols[0].get('reason')}",
-                                    stats, t, model=row.get("model"))
-                else:
-                    self._eliminate(c, "no_answer", f"no final answer in {cfg.k} teacher samples", stats, t,
-                                    model=row.get("model"))
-                dropped.append(c.id)
-                continue
-            agreeing = round(share * max(cfg.k, len(answers)))
-            if agreeing < cfg.min_agreeing:
-                self._eliminate(c, "low_agreement", f"{agreeing} of {cfg.k} answers agree (< {cfg.min_agreeing})",
-                                stats, t, {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
-                dropped.append(c.id)
-                continue
-            flagged = share < cfg.min_agreement
-            if flagged and cfg.low_agreement == "drop":
-                self._eliminate(c, "low_agreement", f"agreement {share:.2f} < {cfg.min_agreement}", stats, t,
-                                {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
-                dropped.append(c.id)
-                continue
-            good = [s for s in marked if s["verdict"] == "correct"]
-            problem = Problem(
-                id=c.id, source="evol", question=t, gold_answer=pseudo,
-                reference_solution=good[0]["text"] if good else None, root_id=c.parent.root_id,
-                parent_id=c.parent.id, round=r, operation=c.op, model=row.get("model"),
-            )
-            evol = EvolExample(
-                id=c.id, question=t, pseudo_gold=pseudo, agreement=round(share, 4), n_samples=len(sols),
-                solutions=[s["text"] for s in marked], root_id=c.parent.root_id, parent_id=c.parent.id, round=r,
-                operation=c.op, direction=cfg.operations[c.op].direction, model=row.get("model"), flagged=flagged,
-                sampling=row.get("sampling") or {}, answer_model=answer_model, answers=answers,
-            )
-            steps = [len(s.get("steps") or split_steps(s["text"])) for s in good]
-            chars = [len(s["text"]) for s in good]
-            kept.append(Kept(problem, evol, marked, sum(steps) / len(steps) if steps else None,
-                             sum(chars) / len(chars) if chars else None))
-            stats.flagged += int(flagged)
-        if dropped:
-            self.deduper.remove(dropped)
+                    dropped.append(c.id)
+            if dropped:
+                self.deduper.remove(dropped)
+        reader.close()
         return kept
+
+    def _decide(self, c: Child, t: str, row: dict[str, Any], sols: list[dict[str, Any]], answers: list[str | None],
+                pseudo: str | None, share: float, verdicts: Iterator[Any], r: int, stats: RoundStats,
+                answer_model: str) -> bool:
+        """Mark the child's solutions against its pseudo-gold and keep or eliminate it (a decision record)."""
+        cfg = self.cfg
+        marked = []
+        for s, a in zip(sols, answers):
+            s = dict(s)
+            if a is None:
+                s["verdict"], s["reason"] = ("failed", s.get("reason")) if s["verdict"] == "failed" else (
+                    "no_answer", s.get("reason") or "no usable final answer")
+            elif pseudo is None:
+                s["verdict"] = "unchecked"
+            else:
+                ok = next(verdicts).equal
+                s["verdict"] = "correct" if ok else "incorrect"
+                s["reason"] = None if ok else f"disagrees with the pseudo-gold {pseudo!r}"
+            marked.append(s)
+        if pseudo is None:
+            if sols and all(s["verdict"] == "failed" for s in sols):
+                self._eliminate(c, "request_failed", f"the answer request failed: {sols[0].get('reason')}",
+                                stats, t, model=row.get("model"))
+            else:
+                self._eliminate(c, "no_answer", f"no final answer in {cfg.k} teacher samples", stats, t,
+                                model=row.get("model"))
+            return False
+        agreeing = round(share * max(cfg.k, len(answers)))
+        if agreeing < cfg.min_agreeing:
+            self._eliminate(c, "low_agreement", f"{agreeing} of {cfg.k} answers agree (< {cfg.min_agreeing})",
+                            stats, t, {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
+            return False
+        flagged = share < cfg.min_agreement
+        if flagged and cfg.low_agreement == "drop":
+            self._eliminate(c, "low_agreement", f"agreement {share:.2f} < {cfg.min_agreement}", stats, t,
+                            {"pseudo_gold": pseudo, "agreement": share}, row.get("model"))
+            return False
+        good = [s for s in marked if s["verdict"] == "correct"]
+        problem = Problem(
+            id=c.id, source="evol", question=t, gold_answer=pseudo,
+            reference_solution=good[0]["text"] if good else None, root_id=c.parent.root_id,
+            parent_id=c.parent.id, round=r, operation=c.op, model=row.get("model"),
+        )
+        evol = EvolExample(
+            id=c.id, question=t, pseudo_gold=pseudo, agreement=round(share, 4), n_samples=len(sols),
+            solutions=[s["text"] for s in marked], root_id=c.parent.root_id, parent_id=c.parent.id, round=r,
+            operation=c.op, direction=cfg.operations[c.op].direction, model=row.get("model"), flagged=flagged,
+            sampling=row.get("sampling") or {}, answer_model=answer_model, answers=answers,
+        )
+        steps = [len(s.get("steps") or split_steps(s["text"])) for s in good]
+        chars = [len(s["text"]) for s in good]
+        self.decisions.add("kept", r, c.id, {
+            "problem": problem.row(), "evol": evol.row(), "solutions": marked, "root_source": c.root_source,
+            "steps": sum(steps) / len(steps) if steps else None, "chars": sum(chars) / len(chars) if chars else None,
+        })
+        stats.flagged += int(flagged)
+        return True
 
     def _usable_answer(self, s: dict[str, Any]) -> str | None:
         if s["verdict"] == "failed":
@@ -656,52 +918,70 @@ class Engine:
                 return min(1.0, max(floor, self.kept_total / self.requested_total))
         return max(floor, self.cfg.expected_survival)
 
-    async def run_round(self, r: int, rc: RoundConfig, seeds: list[Problem], planned: float) -> RoundStats:
+    def _parents(self, r: int, rc: RoundConfig) -> Parents:
+        assert self.seeds_segment is not None
+        if rc.pool == "seeds" or (rc.pool == "previous" and r == 1):
+            return Parents([self.seeds_segment])
+        if rc.pool == "previous":
+            return Parents([self.round_segments[r - 1]])
+        return Parents([self.seeds_segment] + [self.round_segments[k] for k in sorted(self.round_segments)])
+
+    def _close_round(self, r: int) -> None:
+        """The round's kept problems in id order, as the next rounds' parents (a scratch Parquet file read lazily)."""
+        if not self.decisions.count("kept", r):
+            self.round_segments[r] = Segment([])
+            return
+        sink = ParquetSink(self.work / f"round{r:02d}_problems.parquet")
+        for rec in self.decisions.sorted("kept", r):
+            sink.write({**rec["problem"], "root_source": rec["root_source"]})
+        sink.close()
+        table = ParquetTable(sink.path, _kept_parent, columns=PARENT_COLUMNS + ["root_source"])
+        self.round_segments[r] = Segment(table)
+
+    async def run_round(self, r: int, rc: RoundConfig, planned: float) -> RoundStats:
         cfg = self.cfg
         stats = RoundStats(round=r, pool=rc.pool, planned=planned)
-        if rc.pool == "seeds":
-            parents = list(seeds)
-        elif rc.pool == "previous":
-            parents = [k.problem for k in self.kept if k.problem.round == r - 1] if r > 1 else list(seeds)
-        else:
-            parents = list(seeds) + [k.problem for k in self.kept]
+        parents = self._parents(r, rc)
         stats.parents = len(parents)
         target = int(round(planned))
         cap = int(math.ceil(cfg.max_children_per_parent * len(parents)))
-        round_kept: list[Kept] = []
-        if not parents:
+        round_kept = 0
+        if not len(parents):
             log.warning("evolve: round %d has no parents (pool %r is empty)", r, rc.pool)
         for p in range(cfg.max_topups + 1):
-            need = target - len(round_kept)
-            if need <= 0 or not parents or (p > 0 and need <= cfg.topup_tolerance * target):
+            need = target - round_kept
+            if need <= 0 or not len(parents) or (p > 0 and need <= cfg.topup_tolerance * target):
                 break
             n_req = min(int(math.ceil(need / self.survival_estimate())), cap - stats.requested)
             if n_req <= 0:
                 break
             rng = random.Random(f"evolve:{self.seed}:{r}:{p}")
-            children = plan_children(parents, n_req, rc.operations, rng, self.counters, r, p,
-                                     cfg.evolver2_share if self.has_evolver2 else 0.0)
+            plan = plan_arrays(len(parents), n_req, rc.operations, rng, parents.counts,
+                               cfg.evolver2_share if self.has_evolver2 else 0.0)
+            children = Children(parents, plan, r, p)
             got = await self.run_pass(children, r, stats)
             stats.passes += 1
             stats.requested += len(children)
             self.requested_total += len(children)
-            self.kept_total += len(got)
-            round_kept.extend(got)
-        round_kept.sort(key=lambda k: k.problem.id)
-        self.kept.extend(round_kept)
-        stats.kept = len(round_kept)
+            self.kept_total += got
+            round_kept += got
+        self._close_round(r)
+        stats.kept = round_kept
         if stats.requested >= 20:
             self.last_survival = stats.kept / stats.requested
         return stats
 
-    async def run(self, seeds: list[Problem]) -> None:
-        for s in seeds:
-            self.root_source[s.id] = s.source
-        self.deduper.add([s.id for s in seeds], [s.question for s in seeds])
+    async def run(self, seeds: Sequence[Problem]) -> None:
+        """Run every round from ``seeds`` (anything with ``id``, ``question``, ``root_id`` and ``source``: e.g. the
+        few columns of the seeds' Parquet file that evolving needs, see :func:`run`)."""
+        self.seeds_segment = Segment(Mapped(seeds, lambda p: (Parent(p.id, p.question, p.root_id), p.source)))
+        for lo in range(0, len(seeds), FILTER_CHUNK):
+            chunk = seeds[lo : lo + FILTER_CHUNK]
+            self.deduper.add([s.id for s in chunk], [s.question for s in chunk])
         plan = planned_sizes(self.cfg.rounds, len(seeds))
         for r, rc in enumerate(self.cfg.rounds, start=1):
             t0 = time.time()
-            stats = await self.run_round(r, rc, seeds, plan[r - 1])
+            stats = await self.run_round(r, rc, plan[r - 1])
             self.rounds.append(stats)
             log.info("evolve: round %d: kept %d of %d requested (planned %.0f) in %.1f s", r, stats.kept,
                      stats.requested, stats.planned, time.time() - t0)
@@ -712,53 +992,120 @@ class Engine:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class Difficulty:
+    """The difficulty proxy of a set of kept problems, accumulated one at a time (means as ``_mean`` computes them,
+    over the problems in the order they are added)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self._sums: dict[str, Any] = {"steps": [0, 0], "solution_chars": [0, 0], "agreement": [0, 0],
+                                      "question_chars": [0, 0]}
+
+    def add(self, rec: dict[str, Any]) -> None:
+        self.n += 1
+        for name, v in (("steps", rec["steps"]), ("solution_chars", rec["chars"]),
+                        ("agreement", rec["evol"]["agreement"]), ("question_chars", len(rec["problem"]["question"]))):
+            if v is not None:
+                acc = self._sums[name]
+                acc[0] += v
+                acc[1] += 1
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"n": self.n}
+        for name, (total, n) in self._sums.items():
+            out[name] = round(total / n, 3) if n else None
+        return out
+
+
 def _mean(xs: list[float | None]) -> float | None:
     vals = [x for x in xs if x is not None]
     return round(sum(vals) / len(vals), 3) if vals else None
 
 
-def _difficulty(kept: list[Kept]) -> dict[str, Any]:
-    return {
-        "n": len(kept),
-        "steps": _mean([k.steps for k in kept]),
-        "solution_chars": _mean([k.solution_chars for k in kept]),
-        "agreement": _mean([k.evol.agreement for k in kept]),
-        "question_chars": _mean([len(k.problem.question) for k in kept]),
-    }
-
-
-def seed_difficulty(ctx: StageContext, seeds: list[Problem]) -> dict[str, Any] | None:
-    """The same proxy for the seeds, from the sft stage's correct solutions (None when that stage has not run)."""
+def seed_difficulty(ctx: StageContext, seeds: Sequence[Problem]) -> dict[str, Any] | None:
+    """The same proxy for the seeds, from the sft stage's correct solutions (None when that stage has not run);
+    streamed from the Parquet file."""
     if not ctx.store.has_output("sft", "solutions"):
         return None
-    ids = {s.id for s in seeds}
-    steps, chars = [], []
-    for s in ctx.store.load("sft", "solutions"):
-        if s["problem_id"] in ids and s["verdict"] == "correct":
-            steps.append(len(s.get("steps") or []))
-            chars.append(len(s["text"]))
-    return {"n": len(seeds), "steps": _mean(steps), "solution_chars": _mean(chars), "agreement": None,
-            "question_chars": _mean([len(s.question) for s in seeds])}
+    ids = np.sort(np.fromiter((key_digest(s.id) for s in seeds), dtype="S16", count=len(seeds)))
+    steps_sum = steps_n = chars_sum = 0
+    q_sum = sum(len(s.question) for s in seeds)
+    for s in ctx.store.iter_output("sft", "solutions"):
+        if s["verdict"] != "correct":
+            continue
+        d = key_digest(s["problem_id"])
+        i = int(np.searchsorted(ids, d))
+        if i < len(ids) and ids[i] == d:
+            steps_sum += len(s.get("steps") or [])
+            chars_sum += len(s["text"])
+            steps_n += 1
+    return {"n": len(seeds), "steps": round(steps_sum / steps_n, 3) if steps_n else None,
+            "solution_chars": round(chars_sum / steps_n, 3) if steps_n else None, "agreement": None,
+            "question_chars": round(q_sum / len(seeds), 3) if len(seeds) else None}
 
 
-def build_summary(engine: Engine, seeds: list[Problem], base_difficulty: dict[str, Any] | None) -> dict[str, Any]:
+@dataclass
+class Outputs:
+    """What :func:`write_outputs` measured while writing the outputs (for the summary)."""
+
+    by_round: dict[int, Difficulty] = field(default_factory=dict)
+    by_round_op: dict[tuple[int, str], Difficulty] = field(default_factory=dict)
+    by_round_dir: dict[tuple[int, str], Difficulty] = field(default_factory=dict)
+    by_op: dict[str, Difficulty] = field(default_factory=dict)
+    evolved: int = 0
+    flagged: int = 0
+    sft_evolved: int = 0
+    eliminated: int = 0
+    steps: Any = None
+
+
+def write_outputs(engine: Engine, sinks: dict[str, Any]) -> Outputs:
+    """Stream every kept problem (rounds in order, ids in order within a round) and every eliminated child into the
+    output sinks, measuring the summary's figures on the way."""
+    out = Outputs(steps=StepsTally())
+    for st in engine.rounds:
+        r = st.round
+        for rec in engine.decisions.sorted("kept", r):
+            problem, evol = rec["problem"], rec["evol"]
+            sinks["problems"].write(problem)
+            sinks["evol"].write(evol)
+            for s in rec["solutions"]:
+                sinks["solutions"].write(s)
+                if s["verdict"] != "failed":
+                    out.steps.add(rec["root_source"], s.get("steps"), s.get("text"))
+            if not evol["flagged"]:
+                p = Problem.model_validate(problem)
+                for row in sft_stage.sft_rows([p], lambda _pid: rec["solutions"], engine.sft_cfg):
+                    sinks["sft_evolved"].write(row.row())
+                    out.sft_evolved += 1
+            for acc in (out.by_round.setdefault(r, Difficulty()),
+                        out.by_round_op.setdefault((r, problem["operation"]), Difficulty()),
+                        out.by_round_dir.setdefault((r, evol["direction"]), Difficulty()),
+                        out.by_op.setdefault(problem["operation"], Difficulty())):
+                acc.add(rec)
+            out.evolved += 1
+            out.flagged += int(evol["flagged"])
+    for st in engine.rounds:
+        for e in engine.decisions.sorted("eliminated", st.round):
+            sinks["eliminated"].write(e)
+            out.eliminated += 1
+    return out
+
+
+def build_summary(engine: Engine, n: int, base_difficulty: dict[str, Any] | None, got: Outputs) -> dict[str, Any]:
     cfg = engine.cfg
-    n = len(seeds)
     plan = planned_sizes(cfg.rounds, n)
     rounds = []
     planned_pool = achieved_pool = float(n)
+    empty = Difficulty().as_dict()
     for st, planned in zip(engine.rounds, plan):
         planned_pool += planned
         achieved_pool += st.kept
-        kept_r = [k for k in engine.kept if k.problem.round == st.round]
-        by_op = {op: _difficulty([k for k in kept_r if k.problem.operation == op])
-                 for op in cfg.rounds[st.round - 1].operations}
-        by_dir = {d: _difficulty([k for k in kept_r if k.evol.direction == d]) for d in ("upward", "downward")}
-        elim_by_op: dict[str, dict[str, int]] = {}
-        for e in engine.eliminated:
-            if e["round"] == st.round:
-                d = elim_by_op.setdefault(e["operation"], {})
-                d[e["reason"]] = d.get(e["reason"], 0) + 1
+        by_op = {op: dict(got.by_round_op[(st.round, op)].as_dict()) if (st.round, op) in got.by_round_op
+                 else dict(empty) for op in cfg.rounds[st.round - 1].operations}
+        by_dir = {d: got.by_round_dir[(st.round, d)].as_dict() if (st.round, d) in got.by_round_dir else dict(empty)
+                  for d in ("upward", "downward")}
+        elim_by_op = engine.elim_by_op.get(st.round, {})
         for op in by_op:
             by_op[op]["eliminated"] = elim_by_op.get(op, {})
         rounds.append({
@@ -772,19 +1119,16 @@ def build_summary(engine: Engine, seeds: list[Problem], base_difficulty: dict[st
             "achieved_growth": round(achieved_pool / n, 4) if n else None,
             "eliminated": dict(sorted(st.eliminated.items())), "duplicates": st.duplicates,
             "contaminated": st.contaminated, "by_operation": by_op, "by_direction": by_dir,
-            "difficulty": _difficulty(kept_r),
+            "difficulty": got.by_round[st.round].as_dict() if st.round in got.by_round else dict(empty),
         })
-    totals: dict[str, int] = {}
-    for e in engine.eliminated:
-        totals[e["reason"]] = totals.get(e["reason"], 0) + 1
-    by_op_all = {op: _difficulty([k for k in engine.kept if k.problem.operation == op]) for op in cfg.operations}
+    by_op_all = {op: got.by_op[op].as_dict() for op in cfg.operations if op in got.by_op}
     return {
-        "seeds": n, "evolved": len(engine.kept), "pool": n + len(engine.kept),
-        "flagged": sum(k.evol.flagged for k in engine.kept),
+        "seeds": n, "evolved": got.evolved, "pool": n + got.evolved,
+        "flagged": got.flagged,
         "growth": {"planned": round((n + sum(plan)) / n, 4) if n else None,
-                   "achieved": round((n + len(engine.kept)) / n, 4) if n else None},
+                   "achieved": round((n + got.evolved) / n, 4) if n else None},
         "requested": engine.requested_total,
-        "eliminated": dict(sorted(totals.items())),
+        "eliminated": dict(sorted(engine.elim_totals.items())),
         "decontamination": engine.decontam_info,
         "seed_difficulty": base_difficulty,
         "by_operation": {k: v for k, v in by_op_all.items() if v["n"]},
@@ -852,51 +1196,33 @@ def make_plots(summary: dict[str, Any], out_dir: Any) -> list[str]:
     return paths
 
 
-def sft_evolved(engine: Engine) -> list[dict[str, Any]]:
-    """The SFT rows of the evolved problems (their solutions that agree with the pseudo-gold; flagged ones left out).
-    Whether they join the published ``sft`` config is a publishing choice (off by default, as in the recipe: the
-    evolved problems are the RL prompts)."""
-    out = []
-    for k in engine.kept:
-        if k.evol.flagged:
-            continue
-        by_id = {k.problem.id: k.solutions}
-        out += [r.row() for r in sft_stage.sft_rows([k.problem], lambda pid: by_id[pid], engine.sft_cfg)]
-    return out
-
-
 def run(ctx: StageContext) -> dict[str, Any]:
     t0 = time.time()
     cfg: Config = ctx.config.stage(STAGE)
-    seeds = ctx.seeds()
+    store = ctx.store
+    ctx.seeds()  # the seeds stage is done
+    # The seeds as the engine reads them, over and over: only the columns it needs, as light tuples.
+    seeds = store.table("seeds", "problems", lambda r: SeedRef(r["id"], r["question"], r["root_id"], r["source"]),
+                        columns=SEED_COLUMNS)
     engine = Engine(ctx, cfg)
-    engine.setup_decontamination(seeds)
-    asyncio.run(engine.run(seeds))
-    summary = build_summary(engine, seeds, seed_difficulty(ctx, seeds))
-    out_dir = ctx.store.stage_dir(STAGE)
-    if cfg.plots:
-        summary["plots"] = make_plots(summary, out_dir)
-    evolved_sft = sft_evolved(engine)
-    steps = StepsTally()
-    for k in engine.kept:
-        for s in k.solutions:
-            if s["verdict"] != "failed":
-                steps.add(engine.root_source.get(k.problem.root_id, "evol"), s.get("steps"), s.get("text"))
-    summary["steps_per_solution"] = steps.as_dict()
-    summary["sft_evolved_rows"] = len(evolved_sft)
-    eliminated = sorted(engine.eliminated, key=lambda e: (e["round"], e["id"]))
-    summary["failed_items"] = sum(e["reason"] == "request_failed" for e in eliminated)
-    ctx.store.finish(
-        STAGE,
-        {
-            "problems": [k.problem.row() for k in engine.kept],
-            "evol": [k.evol.row() for k in engine.kept],
-            "solutions": [s for k in engine.kept for s in k.solutions],
-            "sft_evolved": evolved_sft,
-            "eliminated": eliminated,
-        },
-        summary,
-        started=t0,
-    )
+    try:
+        engine.setup_decontamination(seeds)
+        asyncio.run(engine.run(seeds))
+        # The outputs: streamed from the decisions in their final order (nothing of them is held in memory). The
+        # evolved problems' SFT rows (their solutions that agree with the pseudo-gold; flagged ones left out) go to
+        # sft_evolved: whether they join the published sft config is a publishing choice (off by default, as in the
+        # recipe: the evolved problems are the RL prompts).
+        sinks = {name: store.sink(STAGE, name) for name in ("problems", "evol", "solutions", "sft_evolved",
+                                                               "eliminated")}
+        got = write_outputs(engine, sinks)
+        summary = build_summary(engine, len(seeds), seed_difficulty(ctx, seeds), got)
+        if cfg.plots:
+            summary["plots"] = make_plots(summary, store.stage_dir(STAGE))
+        summary["steps_per_solution"] = got.steps.as_dict()
+        summary["sft_evolved_rows"] = got.sft_evolved
+        summary["failed_items"] = engine.elim_totals.get("request_failed", 0)
+        store.finish(STAGE, sinks, summary, started=t0)
+    finally:
+        engine.close()
     print_report(summary)
     return {k: v for k, v in summary.items() if k not in ("rounds", "by_operation", "seed_difficulty")}

@@ -17,7 +17,7 @@ import functools
 import random
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .. import prompts
 from ..answers import StepsTally, extract_answer, split_steps
 from ..backends import Request
+from ..backends.base import Mapped
 from ..errors import ConfigError, DataError
 from ..records import Problem, SFTExample, Solution, Usage
 from ..datafiles import expand_path, missing_data_hint, read_rows
@@ -157,15 +158,16 @@ async def solution_rows(env: StepEnv, item: tuple[Problem, Any], res: Any, drop_
 
 
 async def solve_problems(
-    ctx: StageContext, problems: list[Problem], cfg: Config, stage: str, name: str = "solutions",
+    ctx: StageContext, problems: Sequence[Problem], cfg: Config, stage: str, name: str = "solutions",
     task: str = "solve", desc: str = "solving", backend_role: str = "main",
-    gold_of: Callable[[Problem], Any] | None = None,
+    gold_of: Callable[[Problem], Any] | None = None, keys: Sequence[str] | None = None,
 ) -> GroupReader:
     """Solve ``problems`` k times each (one request with n = k), check the answers; every problem's k Solution rows
     are one record of ``stage/name``, keyed by problem id. Returns the reader of those records.
 
     ``gold_of(problem)`` gives the answer to check against (default: the problem's gold answer; None leaves the
-    verdict ``unchecked``)."""
+    verdict ``unchecked``). ``keys``: the problems' ids in order, when ``problems`` is costly to read (see
+    :attr:`evolkit.types.Step.keys`)."""
     sampling = ctx.sampling(cfg.sampling, n=cfg.k)
     gold_of = gold_of or (lambda p: p.gold_answer)
     pre = prefixes(cfg)
@@ -173,9 +175,10 @@ async def solve_problems(
     def request(item: tuple[Problem, Any]) -> Request:
         return Request(build_messages(item[0], cfg, pre), sampling, task=task)
 
-    step = Step(backend_role, [(p, gold_of(p)) for p in problems], key=lambda it: it[0].id, request=request,
+    items = Mapped(problems, lambda p: (p, gold_of(p)))  # built when asked: the problems may be read lazily
+    step = Step(backend_role, items, key=lambda it: it[0].id, request=request,
                 make_rows=functools.partial(solution_rows, drop_truncated=cfg.drop_truncated,
-                                            sampling=sampling.as_dict()), desc=desc)
+                                            sampling=sampling.as_dict()), desc=desc, keys=keys)
     return await ctx.generate(stage, name, step)
 
 
@@ -273,9 +276,8 @@ def run(ctx: StageContext) -> dict[str, Any]:
     store = ctx.store
     sols, sft, dropped = store.sink(STAGE, "solutions"), store.sink(STAGE, "sft"), store.sink(STAGE, "dropped")
     tally = Tally()
-    kept = 0
-    with_kept: set[str] = set()
-    for p in problems:
+    kept = with_kept = 0
+    for p in problems:  # streamed from the seeds' Parquet file, each problem's rows from its shard record
         group = reader.get(p.id) or []
         n_kept = 0
         for s in group:
@@ -287,8 +289,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
                 n_kept += 1
                 sft.write(sft_example(p, s).row())
         kept += n_kept
-        if n_kept:
-            with_kept.add(p.id)
+        with_kept += n_kept > 0
     reader.close()
     od_rows: list[SFTExample] = []
     if cfg.open_domain is not None:
@@ -299,7 +300,7 @@ def run(ctx: StageContext) -> dict[str, Any]:
     summary = tally.summary()
     summary.update(
         problems=len(problems), kept=kept, open_domain=len(od_rows), dropped=dropped.rows,
-        problems_with_kept_solution=len(with_kept),
+        problems_with_kept_solution=with_kept,
         open_domain_source=(cfg.open_domain.name if od_rows else None),
         open_domain_license=(cfg.open_domain.license if od_rows else None),
     )
