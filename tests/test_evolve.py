@@ -422,7 +422,7 @@ def test_resume_after_sigkill_equals_uninterrupted_run(tmp_path):
     rows2 = [json.loads(x) for p in sorted(shard.parent.glob("round02_evolutions.shard-*.jsonl"))
              for x in p.read_text().splitlines()]
     assert len(rows2) > done_before  # the resumed session added only what was missing
-    assert len(rows2) == len({r["id"] for r in rows2})  # nothing was evolved twice
+    assert len(rows2) == len({r["key"] for r in rows2})  # nothing was evolved twice (one record per child)
     # The uninterrupted reference run.
     ref_cfg = json.loads(json.dumps(RESUME_CFG))
     ref_cfg["backend"]["options"]["delay"] = 0
@@ -483,7 +483,8 @@ def test_embedded_model_one_round_end_to_end(tmp_path):
     lineage_ok(seeds, kept)
     for e in eliminated:
         assert e["reason"] and e["parent_id"] in {s["id"] for s in seeds}
-    raw = [json.loads(x) for x in (run_dir / "evolve" / "round01_evolutions.shard-00000.jsonl").read_text().splitlines()]
+    raw = [row for x in (run_dir / "evolve" / "round01_evolutions.shard-00000.jsonl").read_text().splitlines()
+           for row in json.loads(x)["rows"]]  # one group record per child
     assert len(raw) == 20 and all(r["model"] == "smollm2-135m-instruct" and r["sampling"]["max_tokens"] == 64
                                   for r in raw)
     for e in store.load("evolve", "evol"):

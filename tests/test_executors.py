@@ -142,11 +142,12 @@ def test_ray_resume_from_half_written_shard_sends_only_the_rest(tmp_path: Path, 
     shutil.copytree(local_run / "seeds", run_dir / "seeds")
     manifest = json.loads((local_run / "manifest.json").read_text())
     (run_dir / "manifest.json").write_text(json.dumps({"stages": {"seeds": manifest["stages"]["seeds"]}}))
-    # A session killed after half of the problems: their rows are in the shard, nothing in the cache.
+    # A session killed after half of the problems: their records are in the shard (one per problem, all its samples),
+    # nothing in the cache, and the last record is torn.
     lines = (local_run / "sft" / "solutions.shard-00000.jsonl").read_text().splitlines(keepends=True)
-    done_pids = list(dict.fromkeys(json.loads(x)["problem_id"] for x in lines))[:7]
-    kept = [x for x in lines if json.loads(x)["problem_id"] in done_pids]
-    (run_dir / "sft" / "solutions.shard-00000.jsonl").write_text("".join(kept) + '{"problem_id": "torn')
+    done_pids = [json.loads(x)["key"] for x in lines][:7]
+    kept = [x for x in lines if json.loads(x)["key"] in done_pids]
+    (run_dir / "sft" / "solutions.shard-00000.jsonl").write_text("".join(kept) + '{"key": "torn')
     cfg = RunConfig.model_validate({**RUN_CONFIG, "stages": {"sft": RUN_CONFIG["stages"]["sft"]},
                                     "executor": RAY_EXECUTOR})
     results = run_all(cfg, run_dir, show_progress=False)
