@@ -376,6 +376,13 @@ class OpenAIBackend(Backend):
             raise _Retryable("timeout", endpoint_fault=True) from e
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ProtocolError, zlib.error) as e:
             raise _Retryable("connection error", endpoint_fault=True) from e
+        return self._answer(ep, path, status, headers, content)
+
+    def _answer(self, ep: _Endpoint, path: str, status: int, headers: Any, content: bytes) -> Any:
+        """The JSON body of a reply, or the failure it stands for (retryable: 408, 429, 5xx, malformed JSON), as the
+        SDK's client sorts them. ``headers`` have lower-case names."""
+        import json
+
         if status >= 400:
             if status == 429 or status >= 500 or status == 408:
                 ra = headers.get("retry-after")
@@ -406,19 +413,7 @@ class OpenAIBackend(Backend):
             raise _Retryable("timeout", endpoint_fault=True) from e
         except (aiohttp.ClientError, OSError) as e:
             raise _Retryable("connection error", endpoint_fault=True) from e
-        if status >= 400:
-            if status == 429 or status >= 500 or status == 408:
-                ra = headers.get("retry-after")
-                try:
-                    retry_after = float(ra) if ra is not None else None
-                except ValueError:
-                    retry_after = None
-                raise _Retryable(f"http {status}", retry_after, endpoint_fault=status >= 500)
-            raise self._status_error(ep, path, status, {k.lower(): v for k, v in headers.items()}, content)
-        try:
-            return json.loads(content)
-        except ValueError as e:  # malformed JSON body
-            raise _Retryable(f"malformed response: {type(e).__name__}") from e
+        return self._answer(ep, path, status, {k.lower(): v for k, v in headers.items()}, content)
 
     def _status_error(self, ep: _Endpoint, path: str, status: int, headers: dict[str, str], content: bytes
                       ) -> Exception:

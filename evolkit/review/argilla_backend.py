@@ -166,6 +166,18 @@ class ArgillaReview:
         return f"{url}?sort={'~'.join(keys)}"
 
     # ------------------------------------------------------------------------------------------ settings
+    @staticmethod
+    def _solution_metadata() -> list[Any]:
+        """The metadata every PRM record carries: where its solution comes from and how sure the judge was."""
+        import argilla as rg
+
+        return [
+            rg.TermsMetadataProperty(name="source", title="Solution source"),
+            rg.IntegerMetadataProperty(name="round", title="Evolution round"),
+            rg.TermsMetadataProperty(name="operation", title="Evolution operation"),
+            rg.FloatMetadataProperty(name="judge_confidence", title="Judge confidence", min=0.0, max=1.0),
+        ]
+
     def _priority_metadata(self) -> list[Any]:
         rg = self.rg
         return [
@@ -212,10 +224,7 @@ class ArgillaReview:
                                 required=False),
             ]
             metadata = [
-                rg.TermsMetadataProperty(name="source", title="Solution source"),
-                rg.IntegerMetadataProperty(name="round", title="Evolution round"),
-                rg.TermsMetadataProperty(name="operation", title="Evolution operation"),
-                rg.FloatMetadataProperty(name="judge_confidence", title="Judge confidence", min=0.0, max=1.0),
+                *self._solution_metadata(),
                 rg.IntegerMetadataProperty(name="n_steps", title="Steps in the solution"),
                 rg.TermsMetadataProperty(name="final_correct", title="Final answer correct"),
                 rg.IntegerMetadataProperty(name="judge_first_error", title="Judge's first incorrect step (0 = none)"),
@@ -237,10 +246,7 @@ class ArgillaReview:
                                 required=False),
             ]
             metadata = [
-                rg.TermsMetadataProperty(name="source", title="Solution source"),
-                rg.IntegerMetadataProperty(name="round", title="Evolution round"),
-                rg.TermsMetadataProperty(name="operation", title="Evolution operation"),
-                rg.FloatMetadataProperty(name="judge_confidence", title="Judge confidence", min=0.0, max=1.0),
+                *self._solution_metadata(),
                 rg.IntegerMetadataProperty(name="step_number", title="Step number"),
                 rg.IntegerMetadataProperty(name="n_steps", title="Steps in the solution"),
                 rg.TermsMetadataProperty(name="final_correct", title="Final answer correct"),
