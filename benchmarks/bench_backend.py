@@ -31,29 +31,22 @@ import sys
 import time
 from collections.abc import Sequence
 
+from stub_server import http_ok, read_request  # benchmarks/ is the script's folder
+
 COMPLETION = json.dumps({
     "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Step 1: 2 + 2 = 4.\n\nThe answer is: 4"},
                  "finish_reason": "stop"}],
     "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
 }).encode()
-RESPONSE = (
-    b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\nContent-Length: "
-    + str(len(COMPLETION)).encode() + b"\r\n\r\n" + COMPLETION
-)
+RESPONSE = http_ok(COMPLETION)
 
 
 # -- the stub server ---------------------------------------------------------------------------------------------------
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            await read_request(reader)
             writer.write(RESPONSE)
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -100,7 +100,7 @@ def bench_recipe(args: argparse.Namespace) -> None:
         print(res.stdout[-3000:], res.stderr[-3000:])
         raise SystemExit(f"evolkit run failed ({res.returncode})")
     manifest = json.loads((out / "manifest.json").read_text())
-    print(f"\nstage        seconds   (wall, from the run manifest)")
+    print("\nstage        seconds   (wall, from the run manifest)")
     prev = started
     for name, info in manifest["stages"].items():
         end = _ts(info["finished_at"]) if "finished_at" in info else prev

@@ -40,6 +40,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from stub_server import http_ok, read_request  # noqa: E402  (benchmarks/ is the script's folder)
+
 WORDS = (
     "apple river stone garden window candle market ladder basket pencil bridge forest harbor cookie marble ticket "
     "wagon lantern meadow orchard engine rocket violin puzzle castle island canyon glacier valley tunnel station "
@@ -77,12 +79,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, la
     fixed = None
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length) if length else b"{}"
+            _, body = await read_request(reader)
             if latency:
                 await asyncio.sleep(latency)
             if smart:
@@ -103,8 +100,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, la
                                         "usage": {"prompt_tokens": 20, "completion_tokens": 12,
                                                   "total_tokens": 32}}).encode()
                 payload = fixed
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
-                         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            writer.write(http_ok(payload))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

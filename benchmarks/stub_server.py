@@ -117,15 +117,27 @@ def reply(messages: list[dict[str, Any]], index: int, seed: Any = None) -> str:
 STATS = {"requests": 0, "completions": 0}
 
 
+async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    """The next request on a keep-alive connection: (head, body); the body is ``{}`` when there is none."""
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    return head, (await reader.readexactly(length) if length else b"{}")
+
+
+def http_ok(payload: bytes) -> bytes:
+    """A 200 response carrying a JSON payload (keep-alive)."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
+            b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+
+
 async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length) if length else b"{}"
+            head, body = await read_request(reader)
+            length = len(body)
             if head.startswith(b"GET /stats"):
                 payload = json.dumps(STATS).encode()
             else:
@@ -140,8 +152,7 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                                       "model": req.get("model", "stub"), "choices": choices,
                                       "usage": {"prompt_tokens": length // 4, "completion_tokens": 60 * n,
                                                 "total_tokens": length // 4 + 60 * n}}).encode()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
-                         b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+            writer.write(http_ok(payload))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):
         pass

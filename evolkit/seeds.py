@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .datafiles import expand_path, load_table, missing_data_hint, read_rows
+from .datafiles import expand_path, load_table, read_rows
 from .errors import DataError
 from .records import Problem
 from .settings import PACKAGE_DIR

@@ -36,7 +36,9 @@ STAGE_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
-def run_config(root: Path, n: int = 15, open_domain: bool = True) -> dict[str, Any]:
+def run_config(root: Path, n: int = 15, open_domain: bool = True,
+               overrides: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The fixture's run config; ``overrides`` (stage -> settings) replace settings of the later stages."""
     from evolkit.stages import STAGE_CONFIGS
 
     od_path = root / "open_domain.jsonl"
@@ -49,7 +51,7 @@ def run_config(root: Path, n: int = 15, open_domain: bool = True) -> dict[str, A
     stages: dict[str, Any] = {"sft": sft}
     for name, settings in STAGE_SETTINGS.items():
         if name in STAGE_CONFIGS:
-            stages[name] = json.loads(json.dumps(settings))
+            stages[name] = json.loads(json.dumps(settings)) | (overrides or {}).get(name, {})
     if "evolve" in stages:
         stages["evolve"]["decontamination"] = {"test_files": [str(test_path)]}
     return {
@@ -150,7 +152,8 @@ def add_synthetic_stages(run_dir: Path, stages: Iterable[str] = ("evolve", "irm"
         store.finish("prm", {"prm": prm}, {"rows": len(prm), "positive_steps": sum(sum(p["labels"]) for p in prm)})
 
 
-def build_fixture_run(root: Path, n: int = 15, open_domain: bool = True) -> Path:
+def build_fixture_run(root: Path, n: int = 15, open_domain: bool = True,
+                      overrides: dict[str, dict[str, Any]] | None = None) -> Path:
     """The fixture run in ``root/run`` (built once per ``root``): real stages where registered, stand-ins otherwise."""
     run_dir = root / "run"
     manifest = run_dir / "manifest.json"
@@ -160,7 +163,7 @@ def build_fixture_run(root: Path, n: int = 15, open_domain: bool = True) -> Path
     from evolkit.config import RunConfig
     from evolkit.pipeline import run_all
 
-    cfg = run_config(root, n, open_domain)
+    cfg = run_config(root, n, open_domain, overrides)
     run_all(RunConfig.model_validate(cfg), run_dir, show_progress=False)
     missing = [s for s in ("evolve", "irm", "prm") if s not in cfg["stages"]]
     if missing:

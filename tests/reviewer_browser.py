@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -80,8 +81,14 @@ class Reviewer:
     def __enter__(self) -> "Reviewer":
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        try:
+            if exc_type is not None:  # what the page showed when the test failed, kept with the screenshots
+                self.screenshot(f"failed-{self.username}-{int(time.time())}")
+        except Exception:
+            pass
+        finally:
+            self.close()
 
     def wait(self, condition: Any, timeout: float = WAIT, message: str = "") -> Any:
         from selenium.common.exceptions import StaleElementReferenceException
@@ -160,8 +167,10 @@ class Reviewer:
         return self.fields()[title].text
 
     def record_key(self) -> str:
-        """The text of the record on screen (to notice when the page moves to another record)."""
-        return "\n".join(el.text for el in self.fields().values())
+        """The text of the record on screen and its place in the queue ("1 of 2"), to notice when the page moves to
+        another record (two samples of a problem can have the same text)."""
+        place = [el.text for el in self.css(".pagination__info")]
+        return "\n".join(place + [el.text for el in self.fields().values()])
 
     def guidelines(self) -> str:
         """Open the guidelines panel (if closed) and return its text (all of it: part may be scrolled out of view)."""

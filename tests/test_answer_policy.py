@@ -14,14 +14,13 @@ The real rows name where they come from; a second test checks them against the s
 from __future__ import annotations
 
 import json
-import os
 from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from evolkit.answers import AnswerChecker, extract_answer, gsm8k_gold, math_gold
-from evolkit.settings import data_dir
+from tests.shared_data import shared_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLE = ROOT / "tests" / "data" / "answer_equivalence.jsonl"
@@ -66,14 +65,7 @@ def test_table_covers_every_category_and_the_policy_names_them():
         assert f"`{c}`" in doc, c
 
 
-def _jsonl(*parts: str) -> list[dict]:
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data file missing in CI: {path}")
-        pytest.skip(f"shared data not available at {path} (set EVOLKIT_DATA); CI is unset so this is skipped")
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+_jsonl = shared_jsonl
 
 
 def test_real_rows_are_what_the_data_says():

@@ -6,7 +6,6 @@ The data tests skip only when the data folder is absent and CI is unset; in CI a
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import time
@@ -25,24 +24,14 @@ from evolkit.answers import (
     normalize_answer,
     split_steps,
 )
-from evolkit.settings import data_dir
+from tests.shared_data import shared_jsonl, shared_path
 
 # MATH train records whose reference solution has an empty \boxed{} (a defect of the dataset: both answers are 0).
 MATH_TRAIN_WITHOUT_GOLD = {"train/number_theory/7115.json", "train/number_theory/7117.json"}
 
 
-def _data(*parts: str) -> Path:
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data file missing in CI: {path}")
-        pytest.skip(f"shared data not available at {path} (set EVOLKIT_DATA); CI is unset so this is skipped")
-    return path
-
-
-def _jsonl(*parts: str) -> list[dict]:
-    with open(_data(*parts), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+_data = shared_path
+_jsonl = shared_jsonl
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,7 @@ from tests.test_irm_prm import RUN_CONFIG, build_run
 
 REVIEW_CONFIG = json.loads(json.dumps(RUN_CONFIG))
 REVIEW_CONFIG["name"] = "review"
-REVIEW_CONFIG["stages"]["irm"] = {"n_instructions": 10, "variants_per_evolver": 2}
+REVIEW_CONFIG["stages"]["irm"] = {"n_instructions": 16, "variants_per_evolver": 2}
 REVIEW_CONFIG["stages"]["prm"] = {"sources": ["sft", "evolve"], "labellers": ["judge", "montecarlo"], "rollouts": 2,
                                   "max_solutions": 10}
 
@@ -96,20 +96,15 @@ class Annotator:
         assert r.status_code == 201, r.text
 
 
-def ranking_value(rank: dict[str, int], slots: str = "ABC") -> list[dict]:
+def ranking_value(rank: dict[str, int], slots: str) -> list[dict]:
     worst = max(rank.values()) + 1
     return [{"value": v, "rank": rank.get(v, worst)} for v in slots]
 
 
 # ------------------------------------------------------------------------------------------------------ fixtures
 @pytest.fixture(scope="module")
-def env(argilla_server):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ARGILLA_API_URL", argilla_server.url)
-    mp.setenv("ARGILLA_API_KEY", argilla_server.api_key)
-    mp.delenv("ARGILLA_WORKSPACE", raising=False)
-    yield argilla_server
-    mp.undo()
+def env(argilla_env):
+    return argilla_env
 
 
 @pytest.fixture(scope="module")
@@ -150,7 +145,9 @@ def test_push_creates_datasets(pushed, run, argilla_client):
     ds = _dataset(argilla_client, pushed["irm"])
     assert ds is not None and "Definition" in ds.settings.guidelines
     q = ds.settings.questions
-    assert isinstance(q["ranking"], rg.RankingQuestion) and q["ranking"].values == ["A", "B", "C"]
+    most = max(len(r["variants"]) for r in rankings)  # one slot per version of the longest ranking
+    slots = "ABCDEFGH"[:most]
+    assert isinstance(q["ranking"], rg.RankingQuestion) and q["ranking"].values == list(slots)
     assert isinstance(q["comment"], rg.TextQuestion) and not q["comment"].required
     assert {m.name for m in ds.settings.metadata} >= {"round", "operation", "source", "judge_confidence", "evolver"}
     assert ds.settings.distribution.min_submitted == 2
@@ -160,10 +157,12 @@ def test_push_creates_datasets(pushed, run, argilla_client):
     for rec in recs:
         s = rec.suggestions["ranking"]
         model = sorted(by_id[rec.id]["variants"], key=lambda v: v["rank"])
-        assert s.agent == "deterministic" and s.value == [v["id"] for v in model]
+        # the judge's order, then the slots this instruction has no version for (empty, last)
+        assert s.agent == "deterministic" and s.value[:len(model)] == [v["id"] for v in model]
+        assert sorted(s.value[len(model):]) == [v for v in slots if v not in {x["id"] for x in model}]
         assert rec.metadata["judge_confidence"] is not None and 0 <= rec.metadata["judge_confidence"] <= 1
         assert rec.metadata["source"] in ("gsm8k", "math", "evol") and isinstance(rec.metadata["round"], int)
-        assert rec.fields["instruction"] == by_id[rec.id]["instruction"]
+        assert rec.fields["instruction"] == fold_figures(by_id[rec.id]["instruction"])  # [asy] code folded
 
     prm_rows = [r for r in run.load("prm", "prm") if r["labeller"] == "judge"]
     pds = _dataset(argilla_client, pushed["prm"])
@@ -200,22 +199,24 @@ def answered(pushed, run, env, argilla_client):
     # IRM: R0 both reverse the model; R1 they disagree on the top pair; R2 r1 alone agrees with the model;
     # R3 r1 discards; R4 r2 leaves a draft; the rest is not reviewed.
     ds = _dataset(argilla_client, pushed["irm"])
-    rankings = sorted(run.load("irm", "irm_rankings"), key=lambda r: r["id"])
-    assert len(rankings) >= 6
+    # rankings of three versions first (the figures below count their version pairs), then the rest
+    rankings = sorted(run.load("irm", "irm_rankings"), key=lambda r: (len(r["variants"]) != 3, r["id"]))
+    assert len(rankings) >= 6 and all(len(r["variants"]) == 3 for r in rankings[:3])
+    slots = "".join(ds.settings.questions["ranking"].values)  # a version a ranking lacks is empty: ranked last
     ids1, ids2 = r1.records(ds.id), r2.records(ds.id)
     assert set(ids1) == set(ids2) == {r["id"] for r in rankings}
     model = [{v["id"]: v["rank"] for v in r["variants"]} for r in rankings]
     R = [r["id"] for r in rankings]
     rev = {k: len(model[0]) + 1 - v for k, v in model[0].items()}
-    r1.answer(ids1[R[0]], {"ranking": ranking_value(rev), "comment": "the last one is clearest"})
-    r2.answer(ids2[R[0]], {"ranking": ranking_value(rev)})
+    r1.answer(ids1[R[0]], {"ranking": ranking_value(rev, slots), "comment": "the last one is clearest"})
+    r2.answer(ids2[R[0]], {"ranking": ranking_value(rev, slots)})
     top = sorted(model[1], key=model[1].get)
     swapped = dict(model[1]) | {top[0]: model[1][top[1]], top[1]: model[1][top[0]]}
-    r1.answer(ids1[R[1]], {"ranking": ranking_value(model[1])})
-    r2.answer(ids2[R[1]], {"ranking": ranking_value(swapped)})
-    r1.answer(ids1[R[2]], {"ranking": ranking_value(model[2])})
+    r1.answer(ids1[R[1]], {"ranking": ranking_value(model[1], slots)})
+    r2.answer(ids2[R[1]], {"ranking": ranking_value(swapped, slots)})
+    r1.answer(ids1[R[2]], {"ranking": ranking_value(model[2], slots)})
     r1.answer(ids1[R[3]], {}, status="discarded")
-    r2.answer(ids2[R[4]], {"ranking": ranking_value(model[4])[:1]}, status="draft")
+    r2.answer(ids2[R[4]], {"ranking": ranking_value(model[4], slots)[:1]}, status="draft")
     plan["irm"] = {"R": R, "model": model, "rev": rev, "swapped": swapped, "top": top}
     # Argilla's record status (min_submitted 2: two submitted answers complete a record), read back from osmem
     import argilla as rg

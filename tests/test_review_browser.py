@@ -53,18 +53,15 @@ def shots(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def env(argilla_server):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ARGILLA_API_URL", argilla_server.url)
-    mp.setenv("ARGILLA_API_KEY", argilla_server.api_key)
-    mp.delenv("ARGILLA_WORKSPACE", raising=False)
-    yield argilla_server
-    mp.undo()
+def env(argilla_env):
+    return argilla_env
 
 
 @pytest.fixture(scope="module")
 def fixture_run(tmp_path_factory):
-    return build_fixture_run(tmp_path_factory.mktemp("browser-fixture"))
+    # the PRM pages need teacher solutions of MATH seeds too (one has an [asy] figure), besides the policy's
+    return build_fixture_run(tmp_path_factory.mktemp("browser-fixture"),
+                             overrides={"prm": {"sources": ["policy", "sft"], "balance": False, "max_solutions": 200}})
 
 
 def copy_run(src: Path, dst: Path):
@@ -131,8 +128,11 @@ def test_irm_page_ranking_and_discard(env, fixture_run, tmp_path, shots, capsys)
         assert same_text(r.field_text("Original problem"), first.content["instruction"])
         for v, text in first.content["versions"].items():
             assert same_text(r.field_text(f"Version {v}"), text)
-        # the judge's ranking is pre-filled
-        assert r.ranking() == first.suggestion["ranking"]
+        # the judge's ranking is pre-filled; a slot this instruction has no version for is empty and ranked last
+        shown = r.ranking()
+        assert {v: k for v, k in shown.items() if v in first.suggestion["ranking"]} == first.suggestion["ranking"]
+        empty = set(shown) - set(first.suggestion["ranking"])
+        assert all(shown[v] > max(first.suggestion["ranking"].values()) for v in empty)
         guide = r.guidelines()
         assert "Ranking evolved math problems (IRM)" in guide and "Definition" in guide
         assert r.css(".panel h1") and r.css(".panel strong")  # the guidelines' markdown is rendered

@@ -6,8 +6,6 @@ data folder is absent and CI is unset.
 
 from __future__ import annotations
 
-import json
-import os
 import random
 import re
 import sys
@@ -18,24 +16,14 @@ import pytest
 from evolkit import prompts
 from evolkit.answers import extract_answer, gsm8k_gold, math_gold, split_steps, steps_distribution
 from evolkit.filters import Decontaminator
-from evolkit.settings import data_dir
+from tests.shared_data import shared_jsonl, shared_path
 
 ROOT = Path(__file__).resolve().parents[1]
 FEWSHOT = {"gsm8k": "fewshot_gsm8k", "math": "fewshot_math"}
 
 
-def _data(*parts: str) -> Path:
-    path = data_dir().joinpath(*parts)
-    if not path.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"shared data file missing in CI: {path}")
-        pytest.skip(f"shared data not available at {path} (set EVOLKIT_DATA); CI is unset so this is skipped")
-    return path
-
-
-def _jsonl(*parts: str) -> list[dict]:
-    with open(_data(*parts), encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+_data = shared_path
+_jsonl = shared_jsonl
 
 
 def _exemplars(source: str) -> list[dict]:

@@ -264,7 +264,9 @@ def test_prm_reloads_and_gives_step_probabilities(prm_run, published_dir):
     trainer, out = prm_run
     assert json.loads((out / "prm_config.json").read_text())["step_separator"] == "\n"
     model, tok = load_prm(str(out))
-    row = load_dataset(str(published_dir), "prm", split="train")[0]
+    # the shortest row: every step fits in the config's max_length (128 tokens), so every step gets a probability
+    row = min(load_dataset(str(published_dir), "prm", split="train"),
+              key=lambda r: len(r["prompt"]) + sum(len(c) + 1 for c in r["completions"]))
     probs = step_probabilities(model, tok, row["prompt"], row["completions"])
     assert len(probs) == len(row["completions"]) and all(0.0 < p < 1.0 for p in probs)
     trained = trainer.model.eval()

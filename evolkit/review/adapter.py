@@ -35,7 +35,7 @@ Kind = Literal["irm", "prm"]
 KINDS: tuple[str, ...] = ("irm", "prm")
 Layout = Literal["solution", "step"]
 PRM_LAYOUTS: tuple[str, ...] = ("solution", "step")
-VERSION_IDS = "ABCD"
+VERSION_IDS = "ABCDEFGH"  # the IRM stage's variant ids: 2 evolvers x up to 4 variants
 MAX_VERSIONS = len(VERSION_IDS)
 
 
@@ -122,7 +122,7 @@ def irm_items(rankings: list[dict[str, Any]], problems: dict[str, dict[str, Any]
         if len(vs) > MAX_VERSIONS:
             raise ValueError(f"{r['id']}: {len(vs)} versions; review supports at most {MAX_VERSIONS}")
         if any(v["id"] not in VERSION_IDS for v in vs):
-            raise ValueError(f"{r['id']}: version ids must be letters A-D, got {[v['id'] for v in vs]}")
+            raise ValueError(f"{r['id']}: version ids must be letters A-{VERSION_IDS[-1]}, got {[v['id'] for v in vs]}")
         conf = judge_confidence(r)
         consistent = bool(r.get("consistent", True))
         unc, why = uncertainty(conf, swapped_disagree=not consistent)

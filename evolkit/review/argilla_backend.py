@@ -440,6 +440,10 @@ class ArgillaReview:
         out = []
         for rec in self._iter_records(ds):
             meta = rec.get("metadata") or {}
+            # the versions this record shows: a ranking slot beyond them is an empty version, not an answer
+            fields = rec.get("fields")
+            shown = ({k[len("version_"):] for k, t in fields.items() if k.startswith("version_") and t}
+                     if kind == "irm" and isinstance(fields, dict) else None)
             responses = []
             for r in rec.get("responses") or []:
                 values = r.get("values") or {}
@@ -448,7 +452,8 @@ class ArgillaReview:
                 if kind == "irm":
                     v = (values.get("ranking") or {}).get("value")
                     if v:
-                        resp.ranking = {x["value"]: int(x["rank"]) for x in v if x.get("rank") is not None}
+                        resp.ranking = {x["value"]: int(x["rank"]) for x in v if x.get("rank") is not None
+                                        and (shown is None or x["value"] in shown)}
                     resp.comment = (values.get("comment") or {}).get("value")
                 elif layout == "solution":
                     v = (values.get("first_error") or {}).get("value")

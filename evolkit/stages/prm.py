@@ -44,7 +44,7 @@ from .. import prompts
 from ..answers import extract_answer, split_steps
 from ..backends import Backend, Request, Sampling
 from ..backends.base import LazyRequests
-from ..errors import ConfigError, DataError
+from ..errors import DataError
 from ..judging import JudgeParseError, find_json_object, prm_schema, strip_step_marker, to_bool
 from ..metrics import accuracy, cohen_kappa, confusion, first_error_f1, per_class
 from ..progress import Progress

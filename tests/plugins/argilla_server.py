@@ -70,6 +70,17 @@ def argilla_client(argilla_server):
     yield client
 
 
+@pytest.fixture(scope="module")
+def argilla_env(argilla_server):
+    """The server's URL and key in ARGILLA_API_URL / ARGILLA_API_KEY (as a user sets them) for one test module."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ARGILLA_API_URL", argilla_server.url)
+    mp.setenv("ARGILLA_API_KEY", argilla_server.api_key)
+    mp.delenv("ARGILLA_WORKSPACE", raising=False)
+    yield argilla_server
+    mp.undo()
+
+
 def pytest_terminal_summary(terminalreporter):
     srv = _state.get("server")
     if srv is not None and srv.startup_seconds is not None:
