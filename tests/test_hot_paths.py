@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -86,6 +87,34 @@ def test_request_cache_write_behind(tmp_path: Path) -> None:
     c2 = RequestCache(path)  # everything was committed by close
     assert len(c2) == 300 and c2.get("k5").completions[0].text == "answer 5000" and c2.get("nope") is None
     assert c2.get_many([]) == {}
+    c2.close()
+
+
+def test_request_cache_bounds_what_waits_for_a_commit(tmp_path: Path, monkeypatch) -> None:
+    """A slow writer makes ``put`` wait: never more than ``max_pending`` entries are uncommitted (what a SIGKILL can
+    lose), and every entry arrives, text intact (quotes, newlines, non-ASCII, through the one-statement insert)."""
+    from evolkit.backends import cache as cache_mod
+
+    slow = cache_mod._insert_batch
+    batches: list[int] = []
+
+    def slow_insert(db, batch):
+        batches.append(len(batch))
+        time.sleep(0.01)
+        slow(db, batch)
+
+    monkeypatch.setattr(cache_mod, "_insert_batch", slow_insert)
+    c = RequestCache(tmp_path / "cache.sqlite", max_pending=8)
+    text = 'He said "7\\8"\n\tétape 2: ∑ = 3 \u2028 {"json": [1]}'
+    most = 0
+    for i in range(100):
+        c.put(f"k{i}", Result([Completion(f"{text} {i}", "stop", 10, i)]))
+        most = max(most, len(c._pending))
+    assert most <= 8 and max(batches) <= 8 and len(batches) >= 100 // 8
+    c.close()
+    c2 = RequestCache(tmp_path / "cache.sqlite")
+    got = c2.get_many([f"k{i}" for i in range(100)])
+    assert [got[f"k{i}"].completions[0].text for i in range(100)] == [f"{text} {i}" for i in range(100)]
     c2.close()
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import sqlite3
 import threading
 import time
@@ -35,20 +36,38 @@ def _scrubbed(result: Result, secrets: list[str]) -> Result:
     return Result(comps, clean(result.error), result.cached, result.attempts)
 
 
+def _insert_batch(db: sqlite3.Connection, batch: dict[str, str]) -> None:
+    """Insert (or replace) ``key -> value`` rows in one statement (one GIL release); ``executemany`` where SQLite has
+    no JSON functions."""
+    try:
+        db.execute("INSERT OR REPLACE INTO results SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]') "
+                   "FROM json_each(?)", (json.dumps(list(batch.items())),))
+    except sqlite3.OperationalError as e:
+        if "json" not in str(e).lower():
+            raise
+        db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", batch.items())
+
+
 class RequestCache:
     """The SQLite table of results by request key.
 
     Writes never wait for the disk on the caller's thread (the event loop): :meth:`put` queues the entry and a writer
     thread commits the queue in one transaction every ``flush_seconds`` (20 ms), on its own connection (WAL, so reads
     go on meanwhile). Entries not yet committed are served from memory, so a ``get`` always sees every ``put`` before
-    it; :meth:`flush` and :meth:`close` wait until everything is committed. A SIGKILL loses at most the last
-    ``flush_seconds`` of entries: their requests are sent again only if the stage had not written their rows either.
-    A failed commit is raised by the next ``put``, ``flush`` or ``close``."""
+    it; :meth:`flush` and :meth:`close` wait until everything is committed. At most ``max_pending`` entries wait
+    for a commit: a ``put`` beyond that waits for the writer (backpressure), so a SIGKILL loses at most that many
+    entries (their requests are sent again only if the stage had not written their rows either), whatever the load.
+    A failed commit is raised by the next ``put``, ``flush`` or ``close``.
 
-    def __init__(self, path: str | Path, flush_seconds: float = 0.02):
+    The writer inserts a batch with one SQL statement over a JSON array (``json_each``): ``executemany`` gives up the
+    GIL for every row, and while the event loop's thread is busy each row then waits ~5 ms for it back (measured:
+    1,000 rows in 5.2 s against a busy thread, 41 ms as one statement)."""
+
+    def __init__(self, path: str | Path, flush_seconds: float = 0.02, max_pending: int = 256):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_seconds = flush_seconds
+        self.max_pending = max(1, max_pending)
         self._lock = threading.Lock()  # the reading connection
         self._secrets = secret_values()
         try:
@@ -101,6 +120,9 @@ class RequestCache:
         value = result.to_json()
         with self._cond:
             self._raise_error()
+            while len(self._pending) >= self.max_pending and key not in self._pending and self._error is None:
+                self._cond.wait()  # the writer is behind: wait for its commit (it notifies after each batch)
+            self._raise_error()
             self._pending[key] = value
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="request-cache-writer", daemon=True)
@@ -124,14 +146,14 @@ class RequestCache:
                     if not self._pending:
                         return
                     closing = self._closing
-                if not closing:
+                if not closing and len(self._pending) < self.max_pending:
                     time.sleep(self.flush_seconds)  # let a batch gather
                 with self._cond:
                     batch = dict(self._pending)
                     self._committing = True
                 try:
                     db.execute("BEGIN IMMEDIATE")
-                    db.executemany("INSERT OR REPLACE INTO results VALUES (?, ?)", batch.items())
+                    _insert_batch(db, batch)
                     db.execute("COMMIT")
                 except BaseException as e:  # noqa: BLE001 - reported to the caller's next put/flush/close
                     try:
