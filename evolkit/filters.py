@@ -10,9 +10,9 @@ contamination`` ...). Nothing here calls a model or touches the run store.
 * **Batch hashing** (:class:`TextHasher`): every token gets a stable 64-bit hash (blake2b, cached); word n-grams are
   hashed with a polynomial rolling hash over whole batches in numpy, so no per-n-gram Python work is done.
 * **MinHash** (:class:`MinHasher`): ``datasketch.MinHash`` sketches (scheme ``affine32``) of word-shingle sets, fed
-  with the 32-bit shingle hashes of the batch hashing; ``datasketch.MinHashLSH`` (its optimal bands and rows for the
-  threshold) proposes candidates (:class:`SketchIndex`), and every candidate is verified by its estimated Jaccard
-  similarity before it counts.
+  with the 32-bit shingle hashes of the batch hashing; a banded LSH with ``datasketch.MinHashLSH``'s optimal bands
+  and rows for the threshold, in a compact layout (:class:`SketchIndex`), proposes candidates, and every candidate is
+  verified by its estimated Jaccard similarity before it counts.
 * **Dedup** (:class:`Deduper`): exact (normalised text) and near-duplicate (MinHash LSH) over a growing pool; the first
   item seen is kept and each removal names the item it duplicates.
 * **Decontamination** (:class:`Decontaminator`): against benchmark test files (GSM8k / MATH test by default) by exact
@@ -24,6 +24,7 @@ contamination`` ...). Nothing here calls a model or touches the run store.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -398,27 +399,139 @@ class MinHasher:
 
 
 class SketchIndex:
-    """``datasketch.MinHashLSH`` over integer ids, keeping each indexed sketch so that a candidate can be verified by
-    its estimated Jaccard similarity (the LSH alone only says "shares a band")."""
+    """Banded LSH over integer ids with datasketch's bands and rows for the threshold (``MinHashLSH(threshold,
+    num_perm).b`` / ``.r``), in a compact layout: about 100 bytes of memory an item whatever the pool size.
+
+    ``datasketch.MinHashLSH`` keeps a Python ``set`` per band bucket and the index here kept each ``LeanMinHash``:
+    ~3.6 KiB an item, so an evolve round's memory grew with the pool (+238.6 MiB from 2k to 32k seeds,
+    ``benchmarks/bench_memory.py``; see docs/performance.md). Here each band is a 64-bit hash of its rows, kept in one
+    sorted ``uint64`` array per band (binary search) plus a small dict of the items added since the last merge; the
+    signatures go to an unlinked temporary file and are read back only for the candidates, to verify them by their
+    estimated Jaccard similarity (the same figure as ``LeanMinHash.jaccard``). Equal bands always hash equal, so every
+    candidate datasketch proposes is proposed here; a hash collision can only add a candidate, which the Jaccard check
+    then judges."""
+
+    MERGE_EVERY = 4096
 
     def __init__(self, threshold: float, num_perm: int):
-        self.lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
-        self.sketches: dict[int, LeanMinHash] = {}
+        import tempfile
+
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        self.b, self.r, self.num_perm = int(lsh.b), int(lsh.r), num_perm
+        rng = np.random.default_rng(0x5EED)
+        self._mult = (rng.integers(1, 2**63, size=self.b * self.r, dtype=np.uint64) * np.uint64(2) + np.uint64(1))
+        self._keys = [np.empty(0, dtype=np.uint64) for _ in range(self.b)]
+        self._ids = [np.empty(0, dtype=np.int64) for _ in range(self.b)]
+        self._recent: dict[tuple[int, int], list[int]] = {}
+        self._n_recent = 0
+        self._removed: set[int] = set()
+        self._present = 0
+        self._dtype: np.dtype | None = None
+        self._file = tempfile.TemporaryFile(prefix="evolkit-sketches-")
+        self._fd = self._file.fileno()
 
     def __len__(self) -> int:
-        return len(self.sketches)
+        return self._present
+
+    def __del__(self) -> None:
+        f = getattr(self, "_file", None)
+        if f is not None:
+            f.close()
+
+    def _bands(self, values: np.ndarray) -> list[int]:
+        with np.errstate(over="ignore"):
+            prod = values[: self.b * self.r].astype(np.uint64) * self._mult
+            return prod.reshape(self.b, self.r).sum(axis=1, dtype=np.uint64).tolist()
+
+    def _row_bytes(self) -> int:
+        return self.num_perm * (self._dtype.itemsize if self._dtype is not None else 8)
 
     def add(self, item: int, sketch: LeanMinHash) -> None:
-        self.lsh.insert(item, sketch, check_duplication=False)
-        self.sketches[item] = sketch
+        values = np.ascontiguousarray(sketch.hashvalues)
+        if self._dtype is None:
+            self._dtype = values.dtype
+        os.pwrite(self._fd, values.astype(self._dtype, copy=False).tobytes(), item * self._row_bytes())
+        for k, h in enumerate(self._bands(values)):
+            self._recent.setdefault((k, h), []).append(item)
+        self._removed.discard(item)
+        self._present += 1
+        self._n_recent += 1
+        if self._n_recent >= self.MERGE_EVERY:
+            self._merge()
+
+    def _merge(self) -> None:
+        """Move the recent items into the sorted arrays (dropping removed ones)."""
+        new_keys: list[list[int]] = [[] for _ in range(self.b)]
+        new_ids: list[list[int]] = [[] for _ in range(self.b)]
+        for (k, h), items in self._recent.items():
+            for it in items:
+                new_keys[k].append(h)
+                new_ids[k].append(it)
+        dead = np.fromiter(self._removed, dtype=np.int64, count=len(self._removed)) if self._removed else None
+        for k in range(self.b):
+            keys = np.concatenate([self._keys[k], np.array(new_keys[k], dtype=np.uint64)])
+            ids = np.concatenate([self._ids[k], np.array(new_ids[k], dtype=np.int64)])
+            if dead is not None:
+                keep = ~np.isin(ids, dead)
+                keys, ids = keys[keep], ids[keep]
+            order = np.argsort(keys, kind="stable")
+            self._keys[k], self._ids[k] = keys[order], ids[order]
+        self._recent.clear()
+        self._n_recent = 0
+        self._removed.clear()
 
     def remove(self, item: int) -> None:
-        if self.sketches.pop(item, None) is not None:
-            self.lsh.remove(item)
+        if item in self._removed or not self._has(item):
+            return
+        self._removed.add(item)
+        self._present -= 1
+
+    def _has(self, item: int) -> bool:
+        """Whether ``item`` is indexed (a removed item is not): its first band holds it."""
+        if self._dtype is None:
+            return False
+        row = self._read(item)
+        if row is None:
+            return False
+        h = self._bands(row)[0]
+        if item in self._recent.get((0, h), ()):
+            return True
+        keys, ids = self._keys[0], self._ids[0]
+        i = int(keys.searchsorted(np.uint64(h)))
+        while i < len(keys) and int(keys[i]) == h:
+            if int(ids[i]) == item:
+                return True
+            i += 1
+        return False
+
+    def _read(self, item: int) -> np.ndarray | None:
+        n = self._row_bytes()
+        data = os.pread(self._fd, n, item * n)
+        return np.frombuffer(data, dtype=self._dtype) if len(data) == n else None
 
     def similar(self, sketch: LeanMinHash) -> list[tuple[int, float]]:
         """``(id, estimated Jaccard)`` of the indexed items sharing a band with ``sketch``, by id."""
-        return [(i, self.sketches[i].jaccard(sketch)) for i in sorted(self.lsh.query(sketch))]
+        values = np.ascontiguousarray(sketch.hashvalues)
+        found: set[int] = set()
+        for k, h in enumerate(self._bands(values)):
+            keys = self._keys[k]
+            if len(keys):
+                hv = np.uint64(h)
+                i = int(keys.searchsorted(hv))
+                while i < len(keys) and keys[i] == hv:
+                    found.add(int(self._ids[k][i]))
+                    i += 1
+            items = self._recent.get((k, h))
+            if items:
+                found.update(items)
+        if self._removed:
+            found -= self._removed
+        out = []
+        for item in sorted(found):
+            row = self._read(item)
+            if row is not None:
+                out.append((item, float(np.count_nonzero(row == values)) / float(len(values))))
+        return out
 
 
 # --------------------------------------------------------------------------------------------------------------------

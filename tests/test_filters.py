@@ -322,3 +322,50 @@ def test_match_many_equals_match(tmp_path):
     qs = [items[5].text.replace("shop", "store"), "Nothing to see here, just a different question about cats.",
           items[9].text]
     assert dc.match_many(qs) == [dc.match(q) for q in qs]
+
+
+@pytest.mark.parametrize("threshold", [0.5, 0.85])
+def test_sketch_index_proposes_what_datasketch_proposes(threshold: float) -> None:
+    """The compact index finds, for every query, the same candidates as ``datasketch.MinHashLSH`` with the same bands
+    and rows (merged and recently added items, removals included), and the same Jaccard estimates as ``LeanMinHash``."""
+    from datasketch import MinHashLSH
+
+    from evolkit.filters import SketchIndex
+
+    rng = random.Random(11)
+    words = [f"w{i}" for i in range(60)]
+    base = [[rng.choice(words) for _ in range(rng.randint(8, 30))] for _ in range(150)]
+    texts = []
+    for toks in base:  # each text, then copies with one to four words changed: near duplicates at many similarities
+        texts.append(" ".join(toks))
+        for changes in range(1, 5):
+            t = list(toks)
+            for _ in range(changes):
+                t[rng.randrange(len(t))] = rng.choice(words)
+            texts.append(" ".join(t))
+    rng.shuffle(texts)
+    mh = MinHasher()
+    sketches = mh.minhashes(mh.hasher.encode(texts))
+    idx = SketchIndex(threshold, 128)
+    idx.MERGE_EVERY = 97  # several merges, and recent items at query time
+    lsh = MinHashLSH(threshold=threshold, num_perm=128)
+    assert (idx.b, idx.r) == (lsh.b, lsh.r)
+    half = len(texts) // 2
+    for i in range(half):
+        idx.add(i, sketches[i])
+        lsh.insert(i, sketches[i], check_duplication=False)
+    for i in range(0, half, 7):  # removals, before and after merges
+        idx.remove(i)
+        lsh.remove(i)
+    idx.remove(10**6)  # never added: nothing happens
+    assert len(idx) == len(lsh.keys)
+    proposed = 0
+    for j in range(half, len(texts)):
+        got = idx.similar(sketches[j])
+        assert [i for i, _ in got] == sorted(lsh.query(sketches[j])), j
+        assert [s for _, s in got] == [sketches[i].jaccard(sketches[j]) for i, _ in got]
+        proposed += len(got)
+        if j % 3 == 0:  # the index keeps growing while it is queried
+            idx.add(j, sketches[j])
+            lsh.insert(j, sketches[j], check_duplication=False)
+    assert proposed > 10  # the data has near duplicates to find
