@@ -400,7 +400,7 @@ class MinHasher:
 
 class SketchIndex:
     """Banded LSH over integer ids with datasketch's bands and rows for the threshold (``MinHashLSH(threshold,
-    num_perm).b`` / ``.r``), in a compact layout: about 100 bytes of memory an item whatever the pool size.
+    num_perm).b`` / ``.r``), in a compact layout: about 200 bytes of memory an item whatever the pool size.
 
     ``datasketch.MinHashLSH`` keeps a Python ``set`` per band bucket and the index here kept each ``LeanMinHash``:
     ~3.6 KiB an item, so an evolve round's memory grew with the pool (+238.6 MiB from 2k to 32k seeds,
@@ -548,6 +548,62 @@ class DupMatch:
     similarity: float
 
 
+class ExactKeys:
+    """Exact keys (the 16-byte text digests of :attr:`Encoded.keys`) -> the id of the pool item holding each, in a
+    compact layout: the digests' two 64-bit halves in arrays sorted by the first half (binary search, the second half
+    compared too, so a match is the whole digest), a dict of the keys added since the last merge (at most 4,096) and
+    the ids taken out. ~30 bytes an item, where a ``dict[bytes, str]`` took ~200."""
+
+    MERGE_EVERY = 4096
+
+    def __init__(self) -> None:
+        self._hi = np.empty(0, dtype=np.uint64)
+        self._lo = np.empty(0, dtype=np.uint64)
+        self._ids = np.empty(0, dtype=np.int64)
+        self._recent: dict[bytes, int] = {}
+        self._dead: set[int] = set()
+
+    def get(self, key: bytes) -> int | None:
+        """The live item holding ``key`` (at most one is: :meth:`put` is only called when there is none)."""
+        item = self._recent.get(key)
+        if item is not None and item not in self._dead:
+            return item
+        if len(self._hi):
+            hi, lo = np.uint64(int.from_bytes(key[:8], "big")), np.uint64(int.from_bytes(key[8:], "big"))
+            i = int(self._hi.searchsorted(hi))
+            while i < len(self._hi) and self._hi[i] == hi:
+                if self._lo[i] == lo and int(self._ids[i]) not in self._dead:
+                    return int(self._ids[i])
+                i += 1
+        return None
+
+    def put(self, key: bytes, item: int) -> None:
+        if len(key) != 16:
+            raise ValueError(f"an exact key is a 16-byte digest, got {len(key)} bytes")
+        self._recent[key] = item
+        if len(self._recent) >= self.MERGE_EVERY:
+            self._merge()
+
+    def discard(self, item: int) -> None:
+        self._dead.add(item)
+
+    def _merge(self) -> None:
+        live = {k: v for k, v in self._recent.items() if v not in self._dead}
+        n = len(live)
+        raw = np.frombuffer(b"".join(live), dtype=">u8").reshape(n, 2).astype(np.uint64) if n else np.empty((0, 2),
+                                                                                                     dtype=np.uint64)
+        hi = np.concatenate([self._hi, raw[:, 0]])
+        lo = np.concatenate([self._lo, raw[:, 1]])
+        ids = np.concatenate([self._ids, np.fromiter(live.values(), dtype=np.int64, count=n)])
+        if self._dead:
+            keep = ~np.isin(ids, np.fromiter(self._dead, dtype=np.int64, count=len(self._dead)))
+            hi, lo, ids = hi[keep], lo[keep], ids[keep]
+            self._dead.clear()
+        order = np.argsort(hi, kind="stable")
+        self._hi, self._lo, self._ids = hi[order], lo[order], ids[order]
+        self._recent.clear()
+
+
 class Deduper:
     """Exact (normalised text) and near-duplicate (MinHash LSH) dedup over a pool that grows batch by batch.
 
@@ -556,29 +612,40 @@ class Deduper:
     batch (None for the others) and adds the others to the pool: the first item seen is always the one kept. A near
     duplicate has an estimated Jaccard similarity (word shingles) of at least ``near_threshold`` with the kept item;
     when several kept items qualify, the most similar one is named (the earliest on a tie). ``remove(keys)`` takes
-    kept items out again."""
+    kept items out again.
+
+    Memory per item: its key string in :attr:`keys`, a dict entry (key -> id) while it is kept, its 16-byte digest,
+    the compact exact index (:class:`ExactKeys`) and LSH index (:class:`SketchIndex`)."""
 
     def __init__(self, near_threshold: float | None = 0.85, num_perm: int = 128, shingle: int = 3, seed: int = 1,
                  minhasher: MinHasher | None = None):
         self.near_threshold = near_threshold
-        self.exact: dict[bytes, str] = {}
-        self.keys: list[str] = []
-        self._pos: dict[str, tuple[int, bytes]] = {}  # key -> (item id, exact key)
+        self.exact = ExactKeys()
+        self.keys: list[str] = []  # the key of every item id (duplicates too: an id is a position in the stream)
+        self._digests = bytearray()  # the exact key of every item id, 16 bytes each
+        self._ids: dict[str, int] = {}  # key -> item id, of the items in the pool
         self.minhasher = minhasher or MinHasher(num_perm=num_perm, seed=seed, shingle=shingle)
         self.index = SketchIndex(near_threshold, self.minhasher.num_perm) if near_threshold else None
 
     def __len__(self) -> int:
-        return len(self._pos)
+        return len(self._ids)
+
+    def _append(self, key: str, digest: bytes) -> int:
+        item = len(self.keys)
+        self.keys.append(key)
+        self._digests += digest
+        return item
 
     def add(self, keys: Sequence[str], texts: Sequence[str]) -> None:
         enc = self.minhasher.hasher.encode(texts)
         sketches = self.minhasher.minhashes(enc) if self.index is not None else [None] * len(enc)
         for k, tk, m in zip(keys, enc.keys, sketches):
-            self.exact.setdefault(tk, k)
-            self._pos[k] = (len(self.keys), tk)
+            item = self._append(k, tk)
+            if self.exact.get(tk) is None:
+                self.exact.put(tk, item)
+            self._ids[k] = item
             if m is not None:
-                self.index.add(len(self.keys), m)  # type: ignore[union-attr]
-            self.keys.append(k)
+                self.index.add(item, m)  # type: ignore[union-attr]
 
     def check(self, keys: Sequence[str], texts: Sequence[str], encoded: Encoded | None = None) -> list[DupMatch | None]:
         """``encoded``: the texts already encoded by a :class:`TextHasher` (saves tokenising them twice)."""
@@ -589,7 +656,7 @@ class Deduper:
             found: DupMatch | None = None
             prev = self.exact.get(tk)
             if prev is not None:
-                found = DupMatch("exact", prev, 1.0)
+                found = DupMatch("exact", self.keys[prev], 1.0)
             elif m is not None and self.index is not None:
                 best: tuple[int, float] | None = None
                 for item, sim in self.index.similar(m):
@@ -597,25 +664,26 @@ class Deduper:
                         best = (item, sim)
                 if best is not None:
                     found = DupMatch("near", self.keys[best[0]], round(best[1], 4))
+            item = self._append(k, tk)
             if found is None:
-                self.exact[tk] = k
-                self._pos[k] = (len(self.keys), tk)
+                self.exact.put(tk, item)
+                self._ids[k] = item
                 if m is not None and self.index is not None:
-                    self.index.add(len(self.keys), m)
-            self.keys.append(k)
+                    self.index.add(item, m)
             out.append(found)
         return out
 
     def remove(self, keys: Iterable[str]) -> None:
         """Take kept items out of the pool again (e.g. eliminated by a later check): nothing matches them any more."""
         for k in keys:
-            pos = self._pos.pop(k, None)
-            if pos is None:
+            item = self._ids.pop(k, None)
+            if item is None:
                 continue
-            if self.exact.get(pos[1]) == k:
-                del self.exact[pos[1]]
+            digest = bytes(self._digests[16 * item : 16 * item + 16])
+            if self.exact.get(digest) == item:
+                self.exact.discard(item)
             if self.index is not None:
-                self.index.remove(pos[0])
+                self.index.remove(item)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -369,3 +369,30 @@ def test_sketch_index_proposes_what_datasketch_proposes(threshold: float) -> Non
             idx.add(j, sketches[j])
             lsh.insert(j, sketches[j], check_duplication=False)
     assert proposed > 10  # the data has near duplicates to find
+
+
+def test_exact_keys_behave_like_a_dict_across_merges_and_removals() -> None:
+    """``ExactKeys`` against a plain dict model: keys put only when no live item holds them, removals, lookups of
+    merged and recent keys, digests sharing their first half or ending in zero bytes."""
+    from evolkit.filters import ExactKeys
+
+    rng = random.Random(5)
+    pool = [rng.randbytes(16) for _ in range(300)]
+    pool += [pool[i][:8] + rng.randbytes(8) for i in range(40)]  # same first half, other second half
+    pool += [rng.randbytes(12) + bytes(4) for _ in range(20)]  # trailing zero bytes
+    ex = ExactKeys()
+    ex.MERGE_EVERY = 37
+    model: dict[bytes, int] = {}
+    item = 0
+    for step in range(5000):
+        key = rng.choice(pool)
+        assert ex.get(key) == model.get(key), step
+        if key not in model:
+            ex.put(key, item)
+            model[key] = item
+            item += 1
+        elif rng.random() < 0.3:  # the holder is taken out of the pool; the key is free again
+            ex.discard(model.pop(key))
+    assert all(ex.get(k) == model.get(k) for k in pool)
+    with pytest.raises(ValueError, match="16-byte"):
+        ex.put(b"short", 1)

@@ -49,8 +49,8 @@ position, operation, child index, evolver); children, their texts and their answ
 needed and go through the filters and the vote in chunks; every decision (kept or eliminated) is one line in a scratch
 file (``evolve/.work/``, rebuilt by every session, removed when the stage finishes) and the outputs are written from it
 in their final order. Each round's kept problems (the next rounds' parents) are a scratch Parquet file read a row group
-at a time. What grows with the pool is the dedup index (:class:`evolkit.filters.Deduper`: exact keys, ~100 bytes
-of LSH buckets an item, the signatures in a temporary file).
+at a time. What grows with the pool is the dedup index (:class:`evolkit.filters.Deduper`: ~300 bytes an item plus its
+key string; the MinHash signatures go to a temporary file).
 
 Outputs (``evolve/``): ``problems`` (evolved :class:`~evolkit.records.Problem` rows with lineage and pseudo-gold),
 ``evol`` (:class:`~evolkit.records.EvolExample`), ``solutions`` (every sample of the kept problems, verdict against the
