@@ -31,14 +31,9 @@ import sys
 import time
 from collections.abc import Sequence
 
-from stub_server import http_ok, read_request  # benchmarks/ is the script's folder
+from stub_server import chat_completion, http_ok, read_request  # benchmarks/ is the script's folder
 
-COMPLETION = json.dumps({
-    "id": "chatcmpl-bench", "object": "chat.completion", "created": 0, "model": "bench",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "Step 1: 2 + 2 = 4.\n\nThe answer is: 4"},
-                 "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 20, "completion_tokens": 12, "total_tokens": 32},
-}).encode()
+COMPLETION = chat_completion(["Step 1: 2 + 2 = 4.\n\nThe answer is: 4"], model="bench", completion_tokens=12)
 RESPONSE = http_ok(COMPLETION)
 
 

@@ -40,7 +40,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stub_server import http_ok, read_request  # noqa: E402  (benchmarks/ is the script's folder)
+from stub_server import chat_completion, http_ok, read_request  # noqa: E402  (benchmarks/ is the script's folder)
 
 WORDS = (
     "apple river stone garden window candle market ladder basket pencil bridge forest harbor cookie marble ticket "
@@ -85,20 +85,10 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, la
             if smart:
                 req = json.loads(body)
                 n = int(req.get("n") or 1)
-                choices = [{"index": i, "message": {"role": "assistant", "content": _reply(req, i)},
-                            "finish_reason": "stop"} for i in range(n)]
-                payload = json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": "stub",
-                                      "choices": choices,
-                                      "usage": {"prompt_tokens": len(body) // 4, "completion_tokens": 60 * n,
-                                                "total_tokens": len(body) // 4 + 60 * n}}).encode()
+                payload = chat_completion([_reply(req, i) for i in range(n)], prompt_tokens=len(body) // 4)
             else:
                 if fixed is None:
-                    fixed = json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "created": 0,
-                                        "model": "stub", "choices": [{"index": 0, "message": {
-                                            "role": "assistant", "content": "Step 1: 2 + 2 = 4.\n\nThe answer is: 4"},
-                                            "finish_reason": "stop"}],
-                                        "usage": {"prompt_tokens": 20, "completion_tokens": 12,
-                                                  "total_tokens": 32}}).encode()
+                    fixed = chat_completion(["Step 1: 2 + 2 = 4.\n\nThe answer is: 4"], completion_tokens=12)
                 payload = fixed
             writer.write(http_ok(payload))
             await writer.drain()

@@ -127,6 +127,17 @@ async def read_request(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
     return head, (await reader.readexactly(length) if length else b"{}")
 
 
+def chat_completion(texts: list[str], model: str = "stub", prompt_tokens: int = 20, completion_tokens: int = 60
+                    ) -> bytes:
+    """An OpenAI chat-completion body with one choice per text (``completion_tokens`` counted per choice)."""
+    choices = [{"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": "stop"}
+               for i, t in enumerate(texts)]
+    used = completion_tokens * len(texts)
+    return json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "created": 0, "model": model,
+                       "choices": choices, "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": used,
+                                                     "total_tokens": prompt_tokens + used}}).encode()
+
+
 def http_ok(payload: bytes) -> bytes:
     """A 200 response carrying a JSON payload (keep-alive)."""
     return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nConnection: keep-alive\r\n"
@@ -144,14 +155,10 @@ async def _handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
                 req = json.loads(body)
                 n = int(req.get("n") or 1)
                 msgs = req.get("messages") or [{"role": "user", "content": req.get("prompt", "")}]
-                choices = [{"index": i, "message": {"role": "assistant", "content": reply(msgs, i, req.get("seed"))},
-                            "finish_reason": "stop"} for i in range(n)]
                 STATS["requests"] += 1
                 STATS["completions"] += n
-                payload = json.dumps({"id": "chatcmpl-stub", "object": "chat.completion", "created": 0,
-                                      "model": req.get("model", "stub"), "choices": choices,
-                                      "usage": {"prompt_tokens": length // 4, "completion_tokens": 60 * n,
-                                                "total_tokens": length // 4 + 60 * n}}).encode()
+                payload = chat_completion([reply(msgs, i, req.get("seed")) for i in range(n)],
+                                          req.get("model", "stub"), length // 4)
             writer.write(http_ok(payload))
             await writer.drain()
     except (asyncio.IncompleteReadError, ConnectionError):

@@ -49,14 +49,9 @@ def _latex_spans(text: str) -> list[tuple[int, int]]:
     while i < n:
         c = text[i]
         if c == "\\":
-            if text.startswith("\\[", i):
-                j = _find_unescaped(text, "\\]", i + 2)
-                if j >= 0:
-                    spans.append((i, j + 2))
-                    i = j + 2
-                    continue
-            elif text.startswith("\\(", i):
-                j = _find_unescaped(text, "\\)", i + 2)
+            close = {"[": "\\]", "(": "\\)"}.get(text[i + 1 : i + 2])
+            if close is not None:  # \[ ... \] or \( ... \)
+                j = _find_unescaped(text, close, i + 2)
                 if j >= 0:
                     spans.append((i, j + 2))
                     i = j + 2

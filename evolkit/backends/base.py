@@ -193,23 +193,6 @@ class Subseq(Sequence):  # type: ignore[type-arg]
         return self.seq[self.idx[j]]
 
 
-class LazyRequests(Sequence):  # type: ignore[type-arg]
-    """The requests of ``items``, each built by ``build(item)`` only when a backend asks for it (memory stays flat
-    however many items a step has)."""
-
-    def __init__(self, items: Sequence[Any], build: Callable[[Any], Request]):
-        self.items = items
-        self.build = build
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: Any) -> Any:
-        if isinstance(i, slice):
-            return [self.build(x) for x in self.items[i]]
-        return self.build(self.items[i])
-
-
 class Mapped(Sequence):  # type: ignore[type-arg]
     """``fn(seq[i])`` for each item of ``seq``, computed when asked (a lazy ``[fn(x) for x in seq]``)."""
 
@@ -227,6 +210,11 @@ class Mapped(Sequence):  # type: ignore[type-arg]
 
     def __iter__(self) -> Iterator[Any]:
         return map(self.fn, self.seq)
+
+
+#: The requests of a step's items, each built by ``build(item)`` only when a backend asks for it (memory stays flat
+#: however many items a step has): ``LazyRequests(items, build)``.
+LazyRequests = Mapped
 
 
 class Recent(Sequence):  # type: ignore[type-arg]
