@@ -174,20 +174,33 @@ class Reviewer:
 
     def guidelines(self) -> str:
         """Open the guidelines panel (if closed) and return its text (all of it: part may be scrolled out of view)."""
-        header = self.visible(".panel__header")
-        if header.get_attribute("aria-expanded") != "true":
-            header.click()
-        self.wait(lambda d: header.get_attribute("aria-expanded") == "true", message="guidelines panel")
+        self._toggle_guidelines(expanded=True)
         panel = self.wait(lambda d: next((p for p in self.css(".panel") if "--collapsed" not in
                                           (p.get_attribute("class") or "") and p.is_displayed()
                                           and p.text.strip()), None), message="guidelines text")
         return panel.get_attribute("textContent")
 
     def close_guidelines(self) -> None:
-        header = self.visible(".panel__header")
-        if header.get_attribute("aria-expanded") == "true":
+        self._toggle_guidelines(expanded=False)
+
+    def _toggle_guidelines(self, expanded: bool) -> None:
+        """Click the guidelines header until the panel is open (``expanded``) or closed. A click that lands while the
+        panel is still animating is ignored by the page, so a person (and this) clicks again."""
+        from selenium.common.exceptions import TimeoutException
+
+        want = "true" if expanded else "false"
+        for attempt in range(4):
+            header = self.visible(".panel__header")
+            if (header.get_attribute("aria-expanded") == "true") == expanded:
+                return
             header.click()
-            self.wait(lambda d: header.get_attribute("aria-expanded") != "true", message="guidelines closed")
+            try:
+                self.wait(lambda d: (self.visible(".panel__header").get_attribute("aria-expanded") == "true")
+                          == expanded, timeout=5, message=f"guidelines aria-expanded={want}")
+                return
+            except TimeoutException:
+                if attempt == 3:
+                    raise
 
     # ------------------------------------------------------------------------------------------------ answering
     def ranking(self) -> dict[str, int]:
